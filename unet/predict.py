@@ -1,0 +1,203 @@
+"""Overlap-tile prediction: any image, or any region of a huge one, without seams.
+
+With a valid-padded network the result equals one forward pass over the whole mirror-padded image: tiles
+sit on the pooling grid and each keeps its whole (valid) output. A same-padded network cannot be exact;
+its tiles overlap by a halo and keep their centres.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from unet.errors import UNetError
+from unet.model import SizeArithmetic, UNet, UNetConfig
+from unet.tiling import Reader, read_mirrored, tile_origins
+
+DEFAULT_CPU_BUDGET = 1 << 30     # bytes of activations per forward pass on CPU
+MAX_AUTO_TILE = 2048             # no measured gain past this on CPU; GPUs get batches instead
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class TilePredictor:
+    """Runs a U-Net over tiles of a valid size on one device; loads nothing, owns the model's placement.
+
+    ``amp`` (bf16 autocast) and ``channels_last`` default to on for CUDA and off elsewhere; both work on
+    CPU too, which is how the tests exercise the GPU path.
+    """
+
+    def __init__(self, model: UNet, *, tile: int | None = None, batch_size: int | None = None,
+                 device: str | torch.device | None = None, amp: bool | None = None,
+                 channels_last: bool | None = None, memory_budget: int | None = None,
+                 image_shape: tuple[int, int] | None = None):
+        self.device = torch.device(device) if device is not None else default_device()
+        cuda = self.device.type == "cuda"
+        self.amp = cuda if amp is None else amp
+        self.channels_last = cuda if channels_last is None else channels_last
+        self.config = model.config
+        self.model = model.to(self.device).eval()
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.grid = model.grid
+        budget = memory_budget or _memory_budget(self.device)
+        self.tile = self._choose_tile(model, budget, image_shape) if tile is None else self._check_tile(model, tile)
+        if model.config.padding == "valid":
+            self.before, self.keep_offset = model.margin, 0
+            self.out_tile = model.output_size(self.tile)
+        else:  # same padding: drop a halo of context on each side of every tile
+            self.before = self.keep_offset = _same_halo(model, self.tile)
+            self.out_tile = self.tile - 2 * self.before
+        per_tile = _activation_bytes(model, self.tile)
+        self.batch_size = batch_size or max(1, min(budget // per_tile, 64))
+        contract = model.config.input
+        self._offset = torch.tensor(contract.offset, dtype=torch.float32, device=self.device).view(-1, 1, 1)
+        self._scale = torch.tensor(contract.scale, dtype=torch.float32, device=self.device).view(-1, 1, 1)
+
+    # -- tile choice --------------------------------------------------------------------------------
+    @staticmethod
+    def _check_tile(model: UNet, tile: int) -> int:
+        valid = model.valid_input_sizes(1, tile + 4 * model.grid + model.sizes.min_input)
+        usable = [n for n in valid if _out_size(model, n) >= model.grid]
+        if tile not in usable:
+            below = [n for n in usable if n < tile][-1:] or ["none"]
+            above = [n for n in usable if n > tile][:1]
+            raise UNetError(f"tile: {tile} px is not a valid input size for this U-Net "
+                            f"(depth {model.config.depth}, {model.config.padding} padding); "
+                            f"nearest valid sizes: {below[0]} and {above[0]}")
+        return tile
+
+    @staticmethod
+    def _choose_tile(model: UNet, budget: int, image_shape: tuple[int, int] | None) -> int:
+        """The largest valid tile within the memory budget, no larger than the image needs."""
+        candidates = [n for n in model.valid_input_sizes(1, MAX_AUTO_TILE)
+                      if _out_size(model, n) >= model.grid]
+        fitting = [n for n in candidates if _activation_bytes(model, n) <= budget] or candidates[:1]
+        if image_shape is not None:
+            need = max(image_shape)
+            covering = [n for n in fitting if _out_size(model, n) >= need]
+            if covering:
+                return covering[0]
+        return fitting[-1]
+
+    # -- prediction ---------------------------------------------------------------------------------
+    def predict_region(self, read: Reader, shape: tuple[int, int], rows: tuple[int, int],
+                       cols: tuple[int, int]) -> np.ndarray:
+        """Softmax probabilities (classes, h, w), float32, for the output rectangle rows x cols of an
+        image of ``shape`` that ``read`` gives access to."""
+        ys = tile_origins(*rows, self.out_tile, self.grid)
+        xs = tile_origins(*cols, self.out_tile, self.grid)
+        wy, wx = ys[0] - self.before, xs[0] - self.before      # window origin in image coordinates
+        window = read_mirrored(read, shape, (wy, ys[-1] - self.before + self.tile),
+                               (wx, xs[-1] - self.before + self.tile))  # (C, wh, ww)
+        check_pixels(window, self.config.in_channels)
+        out = np.empty((self.config.num_classes, rows[1] - rows[0], cols[1] - cols[0]), np.float32)
+        for batch in _batches(itertools.product(ys, xs), self.batch_size):
+            tiles = np.stack([window[:, y - self.before - wy: y - self.before - wy + self.tile,
+                                     x - self.before - wx: x - self.before - wx + self.tile]
+                              for y, x in batch])                # (B, C, tile, tile)
+            probs = self.forward(tiles)                          # (B, K, out_tile, out_tile)
+            for (y, x), p in zip(batch, probs):
+                _paste(out, p, (y - rows[0], x - cols[0]))
+        return out
+
+    @torch.inference_mode()
+    def forward(self, tiles: np.ndarray) -> np.ndarray:
+        """Softmax probabilities of the kept output of each raw (unnormalised) input tile."""
+        x = torch.from_numpy(np.ascontiguousarray(tiles))
+        if self.device.type == "cuda":
+            x = x.pin_memory().to(self.device, non_blocking=True)
+        x = (x.to(self.device, torch.float32) - self._offset) / self._scale  # (B, C, tile, tile)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            logits = self.model(x)                               # (B, K, h, w)
+        k, n = self.keep_offset, self.out_tile
+        probs = torch.softmax(logits[..., k:k + n, k:k + n].float(), dim=1)  # (B, K, out_tile, out_tile)
+        return probs.cpu().numpy()
+
+
+def predict_image(model: UNet, image: np.ndarray, *, tile: int | None = None, batch_size: int | None = None,
+                  device: str | torch.device | None = None, amp: bool | None = None) -> np.ndarray:
+    """Softmax probabilities (classes, H, W), float32, of an (H, W) or (C, H, W) image of any size.
+
+    ``tile`` is the network's input size (572 for the paper's tile); None picks the largest valid tile
+    within a memory budget. The model's input normalisation is applied here.
+    """
+    image = as_chw(image, model.config.in_channels)
+    predictor = TilePredictor(model, tile=tile, batch_size=batch_size, device=device, amp=amp,
+                              image_shape=image.shape[1:])
+    h, w = image.shape[1:]
+    return predictor.predict_region(lambda r, c: image[:, r, c], (h, w), (0, h), (0, w))
+
+
+def as_chw(image: np.ndarray, channels: int) -> np.ndarray:
+    """View an (H, W) or (C, H, W) array as (C, H, W), checking it against the model's channel count."""
+    image = np.asarray(image)
+    if image.ndim == 2:
+        image = image[None]                                      # (1, H, W)
+    if image.ndim != 3:
+        raise UNetError(f"image: expected a 2-D (H, W) or 3-D (C, H, W) array, found {image.ndim}-D "
+                        f"with shape {image.shape}")
+    if image.shape[0] != channels:
+        raise UNetError(f"image: expected {channels} channel(s) as the model was trained on, "
+                        f"found {image.shape[0]} (shape {image.shape}, channels first)")
+    if 0 in image.shape:
+        raise UNetError(f"image: expected a non-empty image, found shape {image.shape}")
+    if not (np.issubdtype(image.dtype, np.number) or image.dtype == bool) or np.iscomplexobj(image):
+        raise UNetError(f"image: expected a real-valued array, found dtype {image.dtype}")
+    return image
+
+
+def check_pixels(window: np.ndarray, channels: int) -> None:
+    """Refuse NaN or infinite values: the network would spread them across a whole tile."""
+    if window.shape[0] != channels:
+        raise UNetError(f"image: expected {channels} channel(s), found {window.shape[0]}")
+    if np.issubdtype(window.dtype, np.floating) and not np.isfinite(window).all():
+        raise UNetError("image: expected finite values, found NaN or infinity; "
+                        "fill or mask them before prediction")
+
+
+def _paste(out: np.ndarray, probs: np.ndarray, at: tuple[int, int]) -> None:
+    """Copy the part of a tile's output that falls inside ``out``, the tile's origin at ``at``."""
+    y, x = at
+    h, w = probs.shape[-2:]
+    sy, sx = max(0, -y), max(0, -x)
+    ey, ex = min(h, out.shape[1] - y), min(w, out.shape[2] - x)
+    out[:, y + sy: y + ey, x + sx: x + ex] = probs[:, sy:ey, sx:ex]
+
+
+def _batches(items: Iterator, size: int) -> Iterator[list]:
+    while batch := list(itertools.islice(items, size)):
+        yield batch
+
+
+def _out_size(model: UNet, tile: int) -> int:
+    if model.config.padding == "valid":
+        return model.output_size(tile)
+    return tile - 2 * _same_halo(model, tile)
+
+
+def _same_halo(model: UNet, tile: int) -> int:
+    """Context dropped per side by a same-padded network: the valid margin on the grid, at most a quarter
+    of the tile so that half of every tile is kept."""
+    valid_margin = SizeArithmetic(UNetConfig(depth=model.config.depth)).margins[0]
+    halo = -(-valid_margin // model.grid) * model.grid
+    return min(halo, tile // 4 // model.grid * model.grid)
+
+
+def _activation_bytes(model: UNet, tile: int) -> int:
+    """Rough peak activation memory of one tile: about eight maps of the first level's width alive."""
+    return 4 * 8 * model.config.base_channels * tile * tile
+
+
+def _memory_budget(device: torch.device) -> int:
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free // 2
+    return DEFAULT_CPU_BUDGET

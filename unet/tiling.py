@@ -1,0 +1,53 @@
+"""Geometry of overlap-tile prediction: where tiles go, and reading windows mirrored at the image border.
+
+Coordinates are in the whole image's (the mosaic's) pixel frame. A tile is named by the origin of its
+*output*; its input starts ``margin`` pixels before. Tile origins sit on the pooling grid, counted from the
+image origin, so every tile computes the same translation-equivariant function and seams vanish.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+Reader = Callable[[slice, slice], np.ndarray]
+"""Reads the in-bounds rectangle (rows, cols) of an image as a (C, h, w) array."""
+
+
+def tile_origins(start: int, stop: int, out_tile: int, grid: int) -> list[int]:
+    """Output origins of tiles of ``out_tile`` pixels covering [start, stop), each a multiple of ``grid``.
+
+    Tiles step by the largest multiple of ``grid`` that their output covers; the last one is pulled back
+    (staying on the grid) so that it overshoots ``stop`` as little as possible.
+    """
+    if out_tile < grid:
+        raise ValueError(f"tile output of {out_tile} px is smaller than the pooling grid of {grid} px")
+    step = out_tile // grid * grid
+    first = start // grid * grid
+    origins = list(range(first, stop - out_tile + step, step)) or [first]
+    origins[-1] = max(first, min(origins[-1], -(-(stop - out_tile) // grid) * grid))
+    return origins
+
+
+def reflect(index: np.ndarray, n: int) -> np.ndarray:
+    """Map any integer positions into [0, n) by mirroring without repeating the edge (numpy "reflect")."""
+    if n == 1:
+        return np.zeros_like(index)
+    period = 2 * (n - 1)
+    index = np.mod(index, period)
+    return np.where(index < n, index, period - index)
+
+
+def read_mirrored(read: Reader, shape: tuple[int, int], rows: tuple[int, int], cols: tuple[int, int]) -> np.ndarray:
+    """The window [rows) x [cols) of an image of ``shape`` (h, w), mirrored where it leaves the image.
+
+    Only the in-bounds bounding box of the window is read; mirroring happens at the image's own borders.
+    """
+    ri = reflect(np.arange(*rows), shape[0])
+    ci = reflect(np.arange(*cols), shape[1])
+    r0, r1, c0, c1 = ri.min(), ri.max() + 1, ci.min(), ci.max() + 1
+    box = read(slice(r0, r1), slice(c0, c1))                     # (C, r1-r0, c1-c0)
+    if rows[0] >= 0 and rows[1] <= shape[0] and cols[0] >= 0 and cols[1] <= shape[1]:
+        return box
+    return box[:, (ri - r0)[:, None], (ci - c0)[None, :]]        # (C, len(rows), len(cols))
