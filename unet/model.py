@@ -83,16 +83,21 @@ class UNetConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> UNetConfig:
         """Rebuild a config from ``to_dict`` output; an unknown key is an error."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"UNet config: unknown keys {unknown}; expected some of {sorted(known)}")
+        _refuse_unknown_keys(cls, data, "UNet config")
         data = dict(data)
         contract = dict(data.pop("input", {}))
+        _refuse_unknown_keys(InputContract, contract, "UNet config, input contract")
         for key in ("value_range", "offset", "scale"):
             if contract.get(key) is not None:
                 contract[key] = tuple(contract[key])
         return cls(**data, input=InputContract(**contract))
+
+
+def _refuse_unknown_keys(cls: type, data: dict[str, Any], what: str) -> None:
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"{what}: unknown keys {unknown}; expected some of {sorted(known)}")
 
 
 class DoubleConv(nn.Sequential):
