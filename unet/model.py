@@ -273,7 +273,8 @@ class SizeArithmetic:
         out = self._walk(n)
         if out is None:
             lo, hi = self._neighbours(n)
-            raise ValueError(f"input size {n} is not valid for this U-Net; nearest valid sizes: {lo} and {hi}")
+            raise ValueError(f"input size {n} is not valid for this U-Net; nearest valid sizes: "
+                             f"{'none' if lo is None else lo} and {hi}")
         return out
 
     def input_size(self, n: int) -> int:
