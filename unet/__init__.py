@@ -6,5 +6,7 @@ from unet.errors import CheckpointError, UNetError
 from unet.model import InputContract, UNet, UNetConfig
 from unet.predict import TilePredictor, predict_image
 
+__version__ = "0.1.0"
+
 __all__ = ["CheckpointError", "InputContract", "TilePredictor", "UNet", "UNetConfig", "UNetError",
            "load_checkpoint", "predict_image", "save_checkpoint"]

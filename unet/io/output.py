@@ -1,0 +1,161 @@
+"""The output store: an OME-NGFF 0.5 label image in a Zarr v3 group, with per-block done-markers.
+
+Layout of OUTPUT:
+    zarr.json              group; ``attributes.unet`` holds the fingerprint, provenance and the status,
+                           ``attributes.ome`` (multiscales + image-label) is written last, on completion
+    0/, 1/, 2/ ...         uint8 class index (y, x), each level halved by a 2x2 mode
+    probabilities/         optional (c, y, x) float16 softmax at full resolution
+    _unet/                 a Zarr group holding the job's state:
+    _unet/done/<key>       one empty object per finished block; read back with one listing
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+from dataclasses import dataclass, field
+from typing import Any
+
+import fsspec
+import numpy as np
+import zarr
+from zarr.storage import FsspecStore, LocalStore
+
+from unet.errors import UNetError
+
+MARKERS = "_unet/done"
+STATUS_RUNNING, STATUS_COMPLETE = "running", "complete"
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """Everything a worker needs to open the output; small and picklable."""
+
+    url: str
+    shape: tuple[int, int]
+    chunk: int
+    shard: int | None = None
+    num_classes: int = 2
+    probabilities: bool = False
+    storage_options: dict = field(default_factory=dict, repr=False, compare=False, hash=False)
+
+    @property
+    def level_shapes(self) -> list[tuple[int, int]]:
+        """Level 0 is the input's shape; each further level halves it until one chunk holds it."""
+        shapes = [self.shape]
+        while max(shapes[-1]) > self.chunk:
+            h, w = shapes[-1]
+            shapes.append((-(-h // 2), -(-w // 2)))
+        return shapes
+
+    @property
+    def unit(self) -> int:
+        """The unit of writing: a shard when sharded, else a chunk."""
+        return self.shard or self.chunk
+
+
+def open_store(url: str, storage_options: dict | None = None, read_only: bool = False):
+    if "://" not in url or url.startswith("file://"):
+        return LocalStore(url.removeprefix("file://"), read_only=read_only)
+    return FsspecStore.from_url(url, storage_options=storage_options or {}, read_only=read_only)
+
+
+def filesystem(url: str, storage_options: dict | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+    fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    return fs, path.rstrip("/")
+
+
+def read_unet_attrs(spec: OutputSpec) -> dict[str, Any] | None:
+    """The ``unet`` attributes of an existing output group, {} for a foreign Zarr node, None if absent."""
+    fs, path = filesystem(spec.url, spec.storage_options)
+    for name in ("zarr.json", ".zgroup", ".zarray"):
+        try:
+            raw = fs.cat_file(posixpath.join(path, name))
+        except FileNotFoundError:
+            continue
+        attrs = json.loads(raw).get("attributes", {}) if name == "zarr.json" else {}
+        return attrs.get("unet", {})
+    return {} if fs.exists(path) else None
+
+
+def create_output(spec: OutputSpec, unet_attrs: dict[str, Any], overwrite: bool) -> None:
+    """Create the group and every array (empty: Zarr stores no chunk that is entirely fill value)."""
+    if overwrite:
+        fs, path = filesystem(spec.url, spec.storage_options)
+        if fs.exists(path):
+            fs.rm(path, recursive=True)
+    group = zarr.create_group(open_store(spec.url, spec.storage_options), overwrite=True,
+                              attributes={"unet": unet_attrs})
+    # A group of its own, so that Zarr readers listing OUTPUT see a known node, not a stray folder.
+    group.create_group("_unet", attributes={"description": "unet job state: one done-marker per block"})
+    for level, shape in enumerate(spec.level_shapes):
+        group.create_array(str(level), shape=shape, dtype="uint8", chunks=(spec.chunk,) * 2,
+                           shards=(spec.shard,) * 2 if spec.shard else None, fill_value=0,
+                           dimension_names=("y", "x"))
+    if spec.probabilities:
+        group.create_array("probabilities", shape=(spec.num_classes, *spec.shape), dtype="float16",
+                           chunks=(spec.num_classes, spec.chunk, spec.chunk),
+                           shards=(spec.num_classes, spec.shard, spec.shard) if spec.shard else None,
+                           fill_value=0, dimension_names=("c", "y", "x"))
+
+
+def update_unet_attrs(spec: OutputSpec, **changes: Any) -> None:
+    group = zarr.open_group(open_store(spec.url, spec.storage_options), mode="r+")
+    group.attrs["unet"] = {**group.attrs.get("unet", {}), **changes}
+
+
+def write_ome_metadata(spec: OutputSpec, ome: dict[str, Any]) -> None:
+    group = zarr.open_group(open_store(spec.url, spec.storage_options), mode="r+")
+    group.attrs["ome"] = ome
+
+
+class OutputWriter:
+    """Opens the output's arrays once and writes whole chunks of them; used inside workers."""
+
+    def __init__(self, spec: OutputSpec):
+        self.spec = spec
+        self.group = zarr.open_group(open_store(spec.url, spec.storage_options), mode="r+")
+        self.levels = [self.group[str(k)] for k in range(len(spec.level_shapes))]
+        self.probabilities = self.group["probabilities"] if spec.probabilities else None
+        self.fs, self.path = filesystem(spec.url, spec.storage_options)
+
+    def write(self, level: int, rows: tuple[int, int], cols: tuple[int, int], labels: np.ndarray) -> None:
+        self.levels[level][slice(*rows), slice(*cols)] = labels
+
+    def read(self, level: int, rows: tuple[int, int], cols: tuple[int, int]) -> np.ndarray:
+        return self.levels[level][slice(*rows), slice(*cols)]
+
+    def write_probabilities(self, rows: tuple[int, int], cols: tuple[int, int], probs: np.ndarray) -> None:
+        self.probabilities[:, slice(*rows), slice(*cols)] = probs.astype(np.float16)
+
+    def mark_done(self, key: str) -> None:
+        _put(self.fs, posixpath.join(self.path, MARKERS, key), b"")
+
+
+def done_keys(spec: OutputSpec) -> set[str]:
+    """Keys of finished blocks, from one listing of the marker prefix."""
+    fs, path = filesystem(spec.url, spec.storage_options)
+    fs.invalidate_cache()
+    try:
+        return {posixpath.basename(p) for p in fs.ls(posixpath.join(path, MARKERS), detail=False)}
+    except FileNotFoundError:
+        return set()
+
+
+def check_writable(spec: OutputSpec) -> None:
+    """Fail early, with a clear message, when the output location cannot be written."""
+    fs, path = filesystem(spec.url, spec.storage_options)
+    probe = posixpath.join(path, "_unet", "write-probe")
+    try:
+        _put(fs, probe, b"")
+        fs.rm_file(probe)
+    except (PermissionError, OSError) as e:
+        raise UNetError(f"output {spec.url}: expected a writable location, found {type(e).__name__}: "
+                        f"{e.strerror or e}") from None
+
+
+def _put(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
+    """Write a small object; on a local disk, create its folder first (object stores have none)."""
+    if "file" in fs.protocol or "local" in fs.protocol:
+        fs.makedirs(posixpath.dirname(path), exist_ok=True)
+    fs.pipe_file(path, data)

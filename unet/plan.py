@@ -1,0 +1,106 @@
+"""The block plan: which rectangles of the output each worker call owns.
+
+Blocks are rectangles of whole output chunks (whole shards when sharded), laid out with Dask's chunk
+arithmetic, so no two workers ever write the same chunk. They are generated lazily: a plan for 10^6 blocks
+holds two short tuples of sizes, never a list of blocks.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+from dask.array.core import normalize_chunks
+
+from unet.errors import UNetError
+
+
+@dataclass(frozen=True)
+class Block:
+    """One unit of work: output rows x cols of pyramid ``level`` (0 = full resolution)."""
+
+    level: int
+    index: tuple[int, int]
+    rows: tuple[int, int]
+    cols: tuple[int, int]
+
+    @property
+    def key(self) -> str:
+        """Name of the block's done-marker: stable for a given plan."""
+        return f"L{self.level}-{self.index[0]}-{self.index[1]}"
+
+    @property
+    def pixels(self) -> int:
+        return (self.rows[1] - self.rows[0]) * (self.cols[1] - self.cols[0])
+
+    def describe(self) -> str:
+        return (f"block {self.key} (level {self.level}, rows {self.rows[0]}:{self.rows[1]}, "
+                f"cols {self.cols[0]}:{self.cols[1]})")
+
+
+@dataclass(frozen=True)
+class BlockPlan:
+    """A grid of blocks over an array of ``shape``, each ``block`` pixels (edges clipped)."""
+
+    level: int
+    shape: tuple[int, int]
+    block: int
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_sizes", normalize_chunks((self.block, self.block), self.shape))
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return len(self._sizes[0]), len(self._sizes[1])
+
+    def __len__(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    def spans(self, axis: int) -> list[tuple[int, int]]:
+        """(start, stop) of every block along ``axis``."""
+        edges = np.concatenate([[0], np.cumsum(self._sizes[axis])]).tolist()
+        return list(zip(edges[:-1], edges[1:]))
+
+    def __iter__(self) -> Iterator[Block]:
+        rows, cols = self.spans(0), self.spans(1)
+        for iy, ix in itertools.product(range(len(rows)), range(len(cols))):
+            yield Block(self.level, (iy, ix), rows[iy], cols[ix])
+
+
+def check_block_size(block: int, chunk: int, shard: int | None) -> None:
+    """A block must be whole writing units: chunks, or shards when sharded."""
+    if chunk < 1:
+        raise UNetError(f"--chunk: expected a positive size, found {chunk}")
+    if shard is not None and (shard < chunk or shard % chunk):
+        raise UNetError(f"--shard: expected a multiple of --chunk {chunk}, found {shard}")
+    unit, name = (shard, "--shard") if shard else (chunk, "--chunk")
+    if block < unit or block % unit:
+        raise UNetError(f"--block: expected a multiple of {name} {unit} (e.g. {unit * max(1, round(block / unit))}), "
+                        f"found {block}")
+
+
+def network_flops(model, tile: int) -> int:
+    """Floating-point operations (2 per multiply-add) of one forward pass over a ``tile`` x ``tile``
+    input, counted on the meta device: no memory, no compute."""
+    import torch
+    from torch import nn
+
+    flops = 0
+
+    def count(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        nonlocal flops
+        k = module.kernel_size[0] * module.kernel_size[1]
+        if isinstance(module, nn.ConvTranspose2d):  # every input pixel feeds k output pixels per channel
+            flops += 2 * inputs[0].numel() * module.out_channels * k
+        else:
+            flops += 2 * output.numel() * module.in_channels * k
+
+    meta = type(model).from_config(model.config).to("meta")
+    hooks = [m.register_forward_hook(count) for m in meta.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+    with torch.no_grad():
+        meta(torch.empty(1, model.config.in_channels, tile, tile, device="meta"))
+    for h in hooks:
+        h.remove()
+    return flops

@@ -1,0 +1,53 @@
+"""Label pyramids: each level halves the previous one by a 2x2 mode, never by averaging labels.
+
+A worker that has just written a block of level ``k`` also writes the part of level ``k + 1`` that its
+block owns outright: the halved block must start on a pixel pair and cover whole writing units (chunks or
+shards) of the coarser level, or two workers would share a chunk. Levels no block owns are built
+afterwards, in rounds of blocks over the level above them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def mode2x2(labels: np.ndarray) -> np.ndarray:
+    """Halve a (h, w) label image: each output pixel is the most frequent of its 2x2 inputs, ties going to
+    the larger label (so small foreground objects survive). Odd edges repeat their last row/column."""
+    h, w = labels.shape
+    padded = np.pad(labels, ((0, h % 2), (0, w % 2)), mode="edge")              # (2h', 2w')
+    quads = np.stack([padded[0::2, 0::2], padded[0::2, 1::2],
+                      padded[1::2, 0::2], padded[1::2, 1::2]])                   # (4, h', w')
+    counts = (quads[:, None] == quads[None, :]).sum(axis=1)                      # (4, h', w')
+    score = counts.astype(np.int64) * 1_000_000 + quads                          # count first, then label
+    return np.take_along_axis(quads, score.argmax(axis=0)[None], axis=0)[0]     # (h', w')
+
+
+def halve(span: tuple[int, int]) -> tuple[int, int]:
+    return span[0] // 2, -(-span[1] // 2)
+
+
+def owns_next_level(rows: tuple[int, int], cols: tuple[int, int], shape: tuple[int, int], unit: int) -> bool:
+    """Whether a block of rows x cols in a level of ``shape`` can write its halved copy in the next level
+    without sharing a pixel pair or a writing unit of ``unit`` pixels with any other block."""
+    return _axis_owns(rows, shape[0], unit) and _axis_owns(cols, shape[1], unit)
+
+
+def owned_levels(spans: list[tuple[int, int]], size: int, unit: int, levels: int) -> int:
+    """How many further levels (at most ``levels``) every one of ``spans`` along an axis of ``size``
+    pixels owns: the pyramid levels that blocks write themselves, with no round of their own."""
+    depth = levels
+    for span in spans:
+        n, s, k = 0, size, span
+        while n < depth and _axis_owns(k, s, unit):
+            n, k, s = n + 1, halve(k), -(-s // 2)
+        depth = n
+    return depth
+
+
+def _axis_owns(span: tuple[int, int], size: int, unit: int) -> bool:
+    start, stop = span
+    if start % 2 or (stop % 2 and stop != size):
+        return False
+    lo, hi = halve(span)
+    return lo % unit == 0 and (hi % unit == 0 or hi == -(-size // 2))
