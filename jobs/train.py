@@ -1,0 +1,105 @@
+"""Train a U-Net on a folder of labelled images: `python jobs/train.py --data DIR --out CKPT [options]`.
+
+DIR holds images/ and masks/ with matching file stems (PNG, TIFF or NPY). The best checkpoint by validation
+foreground IoU is written to CKPT, with its metrics, the seed and a hash of the data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from unet.augment import AugmentConfig
+from unet.cli import add_debug_flag, run
+from unet.errors import UNetError
+from unet.losses import LossConfig
+from unet.train import TrainConfig, train
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    data = p.add_argument_group("data")
+    data.add_argument("--data", type=Path, required=True, help="folder with images/ and masks/")
+    data.add_argument("--out", type=Path, required=True, help="checkpoint file to write (safetensors)")
+    data.add_argument("--val-dir", type=Path, help="validation folder (images/, masks/) instead of a split")
+    data.add_argument("--val-fraction", type=float, default=0.2, help="share of images held out; 0: none")
+    data.add_argument("--instances", action="store_true",
+                      help="masks are instance labels (0 = background): train foreground vs background "
+                           "with gaps and border weights between touching instances")
+    data.add_argument("--classes", type=int, help="number of classes (default: 2, or the class names')")
+    data.add_argument("--class-names", help="comma-separated, e.g. background,nucleus")
+    model = p.add_argument_group("model")
+    model.add_argument("--depth", type=int, default=5, help="resolution levels")
+    model.add_argument("--base-channels", type=int, default=64, help="filters on the first level")
+    model.add_argument("--padding", choices=["valid", "same"], default="valid")
+    model.add_argument("--upsampling", choices=["transpose", "upsample_conv"], default="transpose")
+    model.add_argument("--batch-norm", action="store_true")
+    model.add_argument("--dropout", type=float, default=0.0, help="at the end of the contracting path")
+    model.add_argument("--tile", type=int, default=572, help="network input size of a training tile (px)")
+    opt = p.add_argument_group("optimisation")
+    opt.add_argument("--batch-size", type=int, default=1)
+    length = opt.add_mutually_exclusive_group()
+    length.add_argument("--steps", type=int, help="optimiser steps (default 1000 without --epochs)")
+    length.add_argument("--epochs", type=float, help="passes over the training pixels")
+    opt.add_argument("--optimizer", choices=["adam", "sgd"], default="adam", help="sgd: momentum as the paper")
+    opt.add_argument("--lr", type=float, help="learning rate (default: 1e-3 Adam, 1e-2 SGD)")
+    opt.add_argument("--momentum", type=float, default=0.99, help="SGD momentum")
+    opt.add_argument("--weight-decay", type=float, default=0.0)
+    opt.add_argument("--val-every", type=int, help="steps between validations (default: 20 per run)")
+    opt.add_argument("--augment", type=float, default=1.0, help="augmentation strength; 0: none")
+    opt.add_argument("--w0", type=float, default=10.0, help="border weight between touching instances")
+    opt.add_argument("--sigma", type=float, default=5.0, help="border weight width (px)")
+    opt.add_argument("--no-border-weights", action="store_true")
+    opt.add_argument("--no-class-balance", action="store_true")
+    opt.add_argument("--dice", type=float, default=0.0, help="weight of a soft Dice term")
+    run_ = p.add_argument_group("run")
+    run_.add_argument("--seed", type=int, default=0)
+    run_.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    run_.add_argument("--resume", type=Path, help="start from this checkpoint's weights")
+    run_.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_debug_flag(p)
+    return p.parse_args(argv)
+
+
+def class_names(classes: int | None, names: str | None) -> tuple[str, ...]:
+    """The class names from --class-names, or generic ones for --classes."""
+    if names is None:
+        n = classes or 2
+        return ("background", "foreground") if n == 2 else ("background", *(f"class{i}" for i in range(1, n)))
+    parsed = tuple(n.strip() for n in names.split(","))
+    if classes is not None and classes != len(parsed):
+        raise UNetError(f"--class-names: expected {classes} names for --classes {classes}, found {len(parsed)}")
+    return parsed
+
+
+def build_config(args: argparse.Namespace) -> TrainConfig:
+    loss = LossConfig(w0=args.w0, sigma=args.sigma, class_balance=not args.no_class_balance,
+                      border_weights=not args.no_border_weights, dice=args.dice)
+    return TrainConfig(
+        data=args.data, out=args.out, val_dir=args.val_dir, val_fraction=args.val_fraction,
+        instances=args.instances, class_names=class_names(args.classes, args.class_names),
+        depth=args.depth, base_channels=args.base_channels, padding=args.padding, upsampling=args.upsampling,
+        batch_norm=args.batch_norm, dropout=args.dropout, tile=args.tile, batch_size=args.batch_size,
+        steps=args.steps, epochs=args.epochs, optimizer=args.optimizer, lr=args.lr, momentum=args.momentum,
+        weight_decay=args.weight_decay, val_every=args.val_every,
+        augmentation=AugmentConfig().scaled(args.augment), loss=loss, seed=args.seed, device=args.device,
+        resume=args.resume, progress=not args.quiet)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    result = train(build_config(parse_args(argv)))
+    summary = f"wrote {result.checkpoint}: step {result.step} of {result.steps}, {result.seconds:.0f} s"
+    if result.scores is not None:
+        summary += (f", validation foreground IoU {result.scores['foreground_iou']:.3f}, "
+                    f"Dice {result.scores['foreground_dice']:.3f}")
+        if "objects" in result.scores:
+            summary += f", object F1 {result.scores['objects']['f1']:.3f}"
+    print(summary)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run(main))
