@@ -3,9 +3,12 @@ every window is compared with the NumPy array that was written."""
 
 from __future__ import annotations
 
+import functools
+import http.server
 import json
 import pickle
 import shutil
+import threading
 import time
 
 import numpy as np
@@ -363,7 +366,8 @@ def test_s3_tiff_reads_through_a_file_handle(s3_server, s3_bucket, tmp_path):
     write_rgb_pyramid(tmp_path / "p.tif", rgb)
     s3fs.S3FileSystem(**s3_server.storage_options).put(str(tmp_path / "p.tif"), f"{s3_bucket}/p.tif")
     source = open_source(SourceSpec(f"{s3_bucket}/p.tif", level=1, storage_options=s3_server.storage_options))
-    np.testing.assert_array_equal(source.read(slice(100, 151), slice(0, 259)), rgb[::2, ::2][100:151].transpose(2, 0, 1))
+    np.testing.assert_array_equal(source.read(slice(100, 151), slice(0, 259)),
+                                  rgb[::2, ::2][100:151].transpose(2, 0, 1))
 
 
 def test_s3_missing_bucket_key_and_unreachable_endpoint_fail_fast(s3_server, s3_bucket):
@@ -379,3 +383,38 @@ def test_s3_missing_bucket_key_and_unreachable_endpoint_fail_fast(s3_server, s3_
             open_source(SourceSpec(url, storage_options=options))
         assert time.monotonic() - start < 10
         assert "s3cr3t" not in str(error.value) and "\n" not in str(error.value)
+
+
+# --- HTTP -----------------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def http_root(tmp_path):
+    """``(directory, base URL)`` of a local read-only HTTP server over a temporary directory."""
+    class QuietHandler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    class QuietServer(http.server.ThreadingHTTPServer):
+        def handle_error(self, request, client_address):  # clients close ranged reads early: broken pipes
+            pass
+
+    server = QuietServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(tmp_path)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield tmp_path, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    thread.join()
+
+
+def test_http_zarr_and_tiff_open_although_http_has_no_directories(http_root):
+    root, base = http_root
+    data = random_image((2, H, W), "int16")
+    write_zarr(root / "m.zarr", data, chunks=(2, 128, 128), zarr_format=2)
+    assert_windows_match(open_source(SourceSpec(f"{base}/m.zarr")), data)
+    rgb = random_image((H, W, 3), "uint8")
+    write_rgb_pyramid(root / "p.tif", rgb)
+    source = open_source(SourceSpec(f"{base}/p.tif?sig=s3cr3t", level=1))
+    np.testing.assert_array_equal(source.read(slice(0, 151), slice(200, 259)),
+                                  rgb[::2, ::2][:, 200:].transpose(2, 0, 1))
+    with pytest.raises(UNetError, match=r"input http://127.0.0.1:\d+/none.zarr: not found$"):
+        open_source(SourceSpec(f"{base}/none.zarr"))

@@ -17,8 +17,10 @@ from unet.io.urls import (fs_and_path, is_inside, parse_storage_options, redact,
     ("s3://AKIAXXX:s3cr3t@bucket/m.zarr", "s3://bucket/m.zarr"),
     ("https://user:s3cr3t@host:8443/m.zarr", "https://host:8443/m.zarr"),
     ("https://ghp_s3cr3t@host/m.zarr", "https://host/m.zarr"),
-    ("https://b.s3.amazonaws.com/m.tif?X-Amz-Credential=AKIA&X-Amz-Signature=s3cr3t", "https://b.s3.amazonaws.com/m.tif"),
-    ("https://acct.blob.core.windows.net/c/m.zarr?sv=2022&sig=s3cr3t#frag", "https://acct.blob.core.windows.net/c/m.zarr"),
+    ("https://b.s3.amazonaws.com/m.tif?X-Amz-Credential=AKIA&X-Amz-Signature=s3cr3t",
+     "https://b.s3.amazonaws.com/m.tif"),
+    ("https://acct.blob.core.windows.net/c/m.zarr?sv=2022&sig=s3cr3t#frag",
+     "https://acct.blob.core.windows.net/c/m.zarr"),
     ("simplecache::https://u:s3cr3t@host/m.tif?token=s3cr3t", "simplecache::https://host/m.tif"),
 ])
 def test_redact_removes_credentials_and_queries(url, expected):

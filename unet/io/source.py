@@ -13,6 +13,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import fsspec
 import numpy as np
@@ -128,16 +129,17 @@ def _is_tiff(url: str, storage_options: Mapping[str, Any], name: str) -> bool:
 
 
 def _probe_remote(url: str, storage_options: Mapping[str, Any], name: str) -> bytes | None:
-    """The first bytes of a remote file, or None for a directory; fails fast when storage is unreachable."""
+    """The first bytes of a remote file, or None for a Zarr location; fails fast when storage is unreachable.
+
+    Zarr metadata keys are looked for first: over HTTP a Zarr location may not exist as such, or may answer
+    with a directory listing that looks like a file.
+    """
     fs, path = _probe_filesystem(url, storage_options)
+    hierarchy = not urlsplit(url).query  # a signed URL names one object: nothing can be appended to it
     try:
-        try:
-            info = fs.info(path)
-        except FileNotFoundError:  # object stores without directories (http) may still hold a Zarr
-            if any(fs.exists(f"{path.rstrip('/')}/{key}") for key in ZARR_KEYS):
-                return None
-            raise
-        return None if info.get("type") == "directory" else fs.cat_file(path, start=0, end=4)
+        if hierarchy and any(fs.exists(f"{path.rstrip('/')}/{key}") for key in ZARR_KEYS):
+            return None
+        return None if fs.info(path).get("type") == "directory" else fs.cat_file(path, start=0, end=4)
     except FileNotFoundError:
         raise UNetError(f"input {name}: not found") from None
     except PermissionError as e:
