@@ -1,0 +1,351 @@
+"""Training: data loading and its errors, tile sampling, checkpoints with their metadata, and that it learns."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+from PIL import Image
+
+from unet import UNet, load_checkpoint, predict_image, save_checkpoint
+from unet.augment import AugmentConfig
+from unet.cli import run
+from unet.data import TileSampler, data_hash, input_contract, load_folder, make_sample
+from unet.errors import UNetError
+from unet.metrics import score
+from unet.train import TrainConfig, fit, train
+
+ROOT = Path(__file__).resolve().parent.parent
+_spec = importlib.util.spec_from_file_location("train_job", ROOT / "jobs" / "train.py")
+train_job = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(train_job)
+
+TINY = ["--depth", "2", "--base-channels", "4", "--tile", "44", "--steps", "2", "--quiet"]
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny networks on a shared 2-core machine run fastest, and steadiest, on one thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def disks(rng: np.random.Generator, h: int, w: int, n: int = 5, touching: bool = False):
+    """Bright disks on dark noise: image uint8 (H, W) and instance labels (H, W); with ``touching`` the
+    disks come in pairs that share an edge."""
+    yy, xx = np.mgrid[:h, :w]
+    instances = np.zeros((h, w), np.uint16)
+    for i in range(n):
+        cy, cx, r = rng.uniform(8, h - 8), rng.uniform(8, w - 8), rng.uniform(5, 9)
+        instances[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = 2 * i + 1
+        if touching:
+            instances[(yy - cy) ** 2 + (xx - cx - 2 * r) ** 2 < r * r] = 2 * i + 2
+    image = np.clip(40 + 150 * (instances > 0) + rng.normal(0, 20, (h, w)), 0, 255).astype(np.uint8)
+    return image, instances
+
+
+def write(path: Path, array: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".npy":
+        np.save(path, array)
+    elif path.suffix in (".tif", ".tiff"):
+        tifffile.imwrite(path, array)
+    else:
+        Image.fromarray(array).save(path)
+
+
+def make_folder(root: Path, n: int = 3, size: tuple[int, int] = (64, 72), seed: int = 0,
+                instances: bool = False, suffix: str = ".png") -> Path:
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        image, labels = disks(rng, *size, touching=instances)
+        write(root / "images" / f"img{i}{suffix}", image)
+        write(root / "masks" / f"img{i}{suffix}", labels if instances else (labels > 0).astype(np.uint8))
+    return root
+
+
+def job(*argv: str) -> int:
+    return run(train_job.main, list(argv))
+
+
+# --- learning ---------------------------------------------------------------------------------------------
+
+def test_training_learns_bright_disks(tmp_path):
+    """A few dozen Adam steps separate bright disks from dark noise on an image never seen in training."""
+    data = make_folder(tmp_path / "data", n=3, size=(96, 96), seed=1)
+    out = tmp_path / "model.safetensors"
+    config = TrainConfig(data=data, out=out, depth=3, base_channels=8, tile=92, batch_size=2, steps=40,
+                         lr=3e-3, val_fraction=0.34, val_every=20, progress=False)
+    result = train(config)
+    model, meta = load_checkpoint(out)
+    image, labels = disks(np.random.default_rng(99), 120, 100)
+    pred = predict_image(model, image).argmax(axis=0)
+    assert score(pred, (labels > 0).astype(int), 2).foreground_iou > 0.8
+    assert result.scores["foreground_iou"] > 0.8 and meta["step"] == result.step
+
+
+# --- checkpoints ------------------------------------------------------------------------------------------
+
+def test_checkpoint_records_contract_metrics_seed_hash_and_class_names(tmp_path, capsys):
+    data = make_folder(tmp_path / "data", n=3)
+    out = tmp_path / "sub" / "m.safetensors"
+    assert job("--data", str(data), "--out", str(out), *TINY, "--seed", "7",
+               "--class-names", "background,nucleus") == 0
+    assert "validation foreground IoU" in capsys.readouterr().out
+    model, meta = load_checkpoint(out)
+    samples = load_folder(data, 2)
+    train_names = set(meta["train_images"])
+    contract = model.config.input
+    expected = input_contract([s.image for s in samples if s.name in train_names])
+    assert (contract.dtype, contract.value_range) == ("uint8", (0.0, 255.0))
+    assert contract.offset == pytest.approx(expected.offset) and contract.scale == pytest.approx(expected.scale)
+    assert meta["seed"] == 7 and meta["class_names"] == ["background", "nucleus"]
+    assert meta["data_sha256"] == data_hash(samples) and len(meta["data_sha256"]) == 64
+    assert set(meta["metrics"]["iou"]) == {"background", "nucleus"}
+    assert meta["train_config"]["depth"] == 2 and len(meta["val_images"]) == 1
+
+
+def test_data_hash_changes_with_any_pixel(tmp_path):
+    data = make_folder(tmp_path / "data", n=2)
+    before = data_hash(load_folder(data, 2))
+    mask = np.asarray(Image.open(data / "masks" / "img1.png")).copy()
+    mask[0, 0] ^= 1
+    write(data / "masks" / "img1.png", mask)
+    assert data_hash(load_folder(data, 2)) != before
+
+
+def test_same_seed_same_model_and_best_checkpoint_kept(tmp_path):
+    data = make_folder(tmp_path / "data", n=3)
+    samples = load_folder(data, 2)
+    config = TrainConfig(data=data, out=tmp_path / "a.safetensors", depth=2, base_channels=4, tile=44, steps=4,
+                         val_every=1, progress=False)
+    a = fit(config, samples[:2], samples[2:], "x")
+    b = fit(replace(config, out=tmp_path / "b.safetensors"), samples[:2], samples[2:], "x")
+    wa, wb = (load_checkpoint(p)[0].state_dict() for p in (a.checkpoint, b.checkpoint))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    ious = [h["foreground_iou"] for h in a.history]
+    assert len(a.history) == 4 and a.scores["foreground_iou"] == max(ious)
+    assert a.step == 1 + ious.index(max(ious))
+
+
+def test_without_validation_the_last_model_is_kept(tmp_path):
+    data = make_folder(tmp_path / "data", n=1)
+    out = tmp_path / "m.safetensors"
+    assert job("--data", str(data), "--out", str(out), *TINY, "--val-fraction", "0") == 0
+    _, meta = load_checkpoint(out)
+    assert meta["step"] == 2 and meta["metrics"] is None
+
+
+def test_resume_continues_from_the_weights(tmp_path):
+    data = make_folder(tmp_path / "data", n=3)
+    first, second = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    assert job("--data", str(data), "--out", str(first), *TINY) == 0
+    assert job("--data", str(data), "--out", str(second), *TINY, "--resume", str(first),
+               "--optimizer", "sgd", "--lr", "1e-4") == 0
+    model_a, _ = load_checkpoint(first)
+    model_b, meta = load_checkpoint(second)
+    assert model_b.config.input == model_a.config.input          # the normalisation it learnt with
+    assert meta["history"][0]["step"] == 0                        # the resumed model itself was scored
+
+
+def test_instances_give_object_scores_and_val_folder(tmp_path):
+    data = make_folder(tmp_path / "data", n=2, instances=True, suffix=".tif")
+    val = make_folder(tmp_path / "val", n=1, instances=True, seed=5, suffix=".npy")
+    out = tmp_path / "m.safetensors"
+    assert job("--data", str(data), "--val-dir", str(val), "--out", str(out), *TINY, "--instances",
+               "--dice", "0.5") == 0
+    _, meta = load_checkpoint(out)
+    assert set(meta["metrics"]["objects"]) == {"tp", "fp", "fn", "precision", "recall", "f1"}
+    assert meta["val_images"] == ["img0"] and len(meta["train_images"]) == 2 and meta["instances"]
+
+
+def test_epochs_set_the_number_of_steps(tmp_path):
+    data = make_folder(tmp_path / "data", n=2, size=(40, 40))
+    config = TrainConfig(data=data, out=tmp_path / "m.safetensors", depth=2, base_channels=4, tile=44,
+                         epochs=1.5, val_fraction=0, progress=False)
+    result = train(config)
+    assert result.steps == int(np.ceil(1.5 * 2 * 40 * 40 / 28**2))  # depth 2 valid: 44 in, 28 out
+
+
+# --- data and tiles ---------------------------------------------------------------------------------------
+
+LAYOUTS = [(np.zeros((30, 40, 3), np.uint8), 3),               # PNG-like, channels last
+           (np.zeros((2, 30, 40), np.float32), 2),              # channels first
+           (np.zeros((30, 40), np.uint16), 1)]
+
+
+@pytest.mark.parametrize("array,channels,suffix", [(a, c, s) for a, c in LAYOUTS for s in (".npy", ".tif", ".png")
+                                                   if s != ".png" or a.dtype != np.float32])
+def test_images_in_every_format_and_layout(tmp_path, array, channels, suffix):
+    write(tmp_path / "images" / f"a{suffix}", array)
+    write(tmp_path / "masks" / f"a{suffix}", np.ones((30, 40), np.uint8))
+    (sample,) = load_folder(tmp_path, 2)
+    assert sample.image.shape == (channels, 30, 40) and sample.image.dtype == array.dtype
+    assert sample.mask.dtype == np.int64 and (sample.mask == 1).all()
+
+
+def test_instance_masks_become_foreground_with_gaps(tmp_path):
+    instances = np.zeros((10, 12), np.int32)
+    instances[2:8, 1:6], instances[2:8, 6:11] = 700, 3          # touching, arbitrary labels
+    sample = make_sample("x", np.zeros((10, 12), np.uint8), instances, 2, instances=True)
+    assert set(np.unique(sample.instances)) == {0, 1, 2}
+    assert (sample.mask[2:8, 5] == 0).all() and sample.mask.sum() == 2 * 30 - 6  # 700 > 3 gave way
+
+
+def identity_sampler(image: np.ndarray, mask: np.ndarray, tile: int, margins: tuple[int, int]) -> TileSampler:
+    sample = make_sample("a", image, mask, int(mask.max()) + 1)
+    contract = input_contract([sample.image])
+    return TileSampler([sample], [np.ones(mask.shape, np.float32)], replace(contract, offset=(0.0,), scale=(1.0,)),
+                       tile, margins, AugmentConfig().scaled(0))
+
+
+@pytest.mark.parametrize("shape", [(50, 61), (7, 5), (1, 1)])
+def test_tiles_target_the_centre_of_the_input_and_mirror_small_images(shape):
+    """Without augmentation the target must be the mask under the centre of the input tile, the tile
+    cropped by the margins, also for images smaller than the tile (mirrored)."""
+    model = UNet(depth=2, base_channels=4)                        # 44 in, 28 out, margins (8, 8)
+    assert model.margins == (8, 8) and model.output_size(44) == 28
+    rng = np.random.default_rng(0)
+    mask = rng.integers(0, 3, shape)
+    image = (mask * 1000 + rng.integers(0, 500, shape)).astype(np.float32)  # the mask is image // 1000
+    sampler = identity_sampler(image, mask, 44, model.margins)
+    for _ in range(10):
+        tiles, targets, weights = sampler.batch(rng, 2)
+        assert tiles.shape == (2, 1, 44, 44) and targets.shape == weights.shape == (2, 28, 28)
+        np.testing.assert_array_equal(tiles[:, 0, 8:36, 8:36] // 1000, targets)
+        assert tiles.dtype == np.float32 and targets.dtype == np.int64
+
+
+def test_tiles_are_normalised_with_the_contract():
+    image = np.random.default_rng(0).integers(0, 255, (60, 60)).astype(np.uint8)
+    sample = make_sample("a", image, np.zeros((60, 60), np.uint8), 2)
+    contract = input_contract([sample.image])
+    sampler = TileSampler([sample], [np.ones((60, 60), np.float32)], contract, 44, (8, 8),
+                          AugmentConfig().scaled(0))
+    tile, _, _ = sampler.sample(np.random.default_rng(1))
+    assert abs(tile.mean()) < 0.2 and 0.8 < tile.std() < 1.2
+    assert contract.offset[0] == pytest.approx(image.mean()) and contract.scale[0] == pytest.approx(image.std())
+
+
+# --- bad input: one line, exit code 2 ---------------------------------------------------------------------
+
+def _nan_image(root: Path) -> None:
+    image = np.ones((30, 30), np.float32)
+    image[3, 4] = np.nan
+    write(root / "images" / "img0.npy", image)
+    write(root / "masks" / "img0.npy", np.zeros((30, 30), np.uint8))
+    (root / "images" / "img0.png").unlink()
+    (root / "masks" / "img0.png").unlink()
+
+
+BAD_DATA = {
+    "missing folder": (lambda root: None, "not found"),
+    "no masks folder": (lambda root: (make_folder(root), shutil.rmtree(root / "masks")),
+                        "expected a subfolder masks/"),
+    "empty images": (lambda root: [(root / s).mkdir(parents=True) for s in ("images", "masks")],
+                     "found none"),
+    "image without mask": (lambda root: (make_folder(root), (root / "masks" / "img1.png").unlink()),
+                           "img1.png: has no mask"),
+    "mask without image": (lambda root: (make_folder(root), (root / "images" / "img2.png").unlink()),
+                           "img2.png: has no image"),
+    "sizes differ": (lambda root: (make_folder(root), write(root / "masks" / "img1.png", np.zeros((64, 70), np.uint8))),
+                     "expected the image's size 64x72, found 64x70"),
+    "class out of range": (lambda root: (make_folder(root), write(root / "masks" / "img0.png",
+                                                                  np.full((64, 72), 2, np.uint8))),
+                           "expected class indices 0..1 (2 classes), found 2"),
+    "nan": (lambda root: (make_folder(root, n=2), _nan_image(root)), "expected finite values, found NaN"),
+    "unreadable": (lambda root: (make_folder(root), (root / "images" / "img0.png").write_bytes(b"not a png")),
+                   "cannot be read as PNG"),
+    "mixed channels": (lambda root: (make_folder(root), write(root / "images" / "img1.png",
+                                                              np.zeros((64, 72, 3), np.uint8))),
+                       "expected every image like img0 (1 channel(s), uint8), found img1 with 3"),
+    "float mask": (lambda root: (make_folder(root, n=2), write(root / "masks" / "img0.tif",
+                                                              np.zeros((64, 72), np.float32)),
+                                 (root / "masks" / "img0.png").unlink()),
+                   "expected integer labels, found dtype float32"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_DATA)
+def test_bad_data_is_one_line_and_exit_2(tmp_path, capsys, case):
+    prepare, message = BAD_DATA[case]
+    root = tmp_path / "data"
+    prepare(root)
+    assert job("--data", str(root), "--out", str(tmp_path / "m.safetensors"), *TINY) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and message in err
+    assert not (tmp_path / "m.safetensors").exists()
+
+
+@pytest.fixture
+def data_and_checkpoint(tmp_path):
+    """A data folder and a depth-2, 4-channel checkpoint trained on it (weights untrained: only shapes matter)."""
+    data = make_folder(tmp_path / "data")
+    contract = input_contract([s.image for s in load_folder(data, 2)])
+    path = tmp_path / "old.safetensors"
+    save_checkpoint(UNet(depth=2, base_channels=4, input=contract), path)
+    return data, path
+
+
+@pytest.mark.parametrize("options,message", [
+    (["--depth", "3", "--tile", "92"], "depth 2 (options: 3)"),
+    (["--base-channels", "8"], "base_channels 4 (options: 8)"),
+    (["--classes", "3"], "num_classes 2 (options: 3)"),
+    (["--batch-norm"], "batch_norm False (options: True)"),
+])
+def test_resume_with_another_shape_is_refused(tmp_path, capsys, data_and_checkpoint, options, message):
+    data, checkpoint = data_and_checkpoint
+    argv = ["--data", str(data), "--out", str(tmp_path / "new.safetensors"), *TINY, "--resume", str(checkpoint)]
+    assert job(*argv, *options) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: checkpoint {checkpoint}: its network does not match the options")
+    assert message in err and err.count("\n") == 1
+
+
+def test_resume_on_data_of_another_dtype_is_refused(tmp_path, capsys, data_and_checkpoint):
+    _, checkpoint = data_and_checkpoint
+    data = tmp_path / "wide"
+    write(data / "images" / "a.tif", np.zeros((40, 40), np.uint16))
+    write(data / "images" / "b.tif", np.zeros((40, 40), np.uint16))
+    for name in ("a", "b"):
+        write(data / "masks" / f"{name}.png", np.zeros((40, 40), np.uint8))
+    assert job("--data", str(data), "--out", str(tmp_path / "n.safetensors"), *TINY, "--resume", str(checkpoint)) == 2
+    assert "trained on uint8 images, the data are uint16" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("options,message", [
+    (["--tile", "45"], "tile: input size 45 is not valid"),
+    (["--val-fraction", "0.9"], "leaves none for training"),
+    (["--instances", "--classes", "3"], "2 classes with instance masks"),
+    (["--class-names", "a,b,c", "--classes", "2"], "expected 2 names for --classes 2, found 3"),
+    (["--resume", "/nonexistent.safetensors"], "file not found"),
+    (["--augment", "-1"], "augmentation: expected"),
+])
+def test_bad_options_are_one_line_and_exit_2(tmp_path, capsys, options, message):
+    data = make_folder(tmp_path / "data", n=2)
+    assert job("--data", str(data), "--out", str(tmp_path / "m.safetensors"), *TINY, *options) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1
+
+
+def test_small_images_are_mirrored_not_refused(tmp_path):
+    data = tmp_path / "data"
+    for name, shape in [("a", (12, 9)), ("b", (1, 3))]:
+        write(data / "images" / f"{name}.png", np.full(shape, 200, np.uint8))
+        write(data / "masks" / f"{name}.png", np.ones(shape, np.uint8))
+    assert job("--data", str(data), "--out", str(tmp_path / "m.safetensors"), *TINY) == 0
+
+
+def test_library_errors_are_unet_errors(tmp_path):
+    with pytest.raises(UNetError, match="steps or epochs, not both"):
+        TrainConfig(data=tmp_path, out=tmp_path / "m", steps=3, epochs=1.0)
+    with pytest.raises(UNetError, match="expected a checkpoint file name, found a directory"):
+        train(TrainConfig(data=make_folder(tmp_path / "d", n=2), out=tmp_path, depth=2, base_channels=4, tile=44))
