@@ -64,7 +64,7 @@ class Source:
     channels: int
     dtype: np.dtype                       # stored dtype, in native byte order
     chunks: tuple[int, int]               # storage chunk (inner chunk when sharded) along (y, x)
-    scale: tuple[float, float]            # pixel size (y, x); (1.0, 1.0) if unknown
+    scale: tuple[float, float]            # pixel size (y, x); TIFF: in level-0 pixels; (1.0, 1.0) if unknown
     translation: tuple[float, float]      # position of pixel (0, 0); (0.0, 0.0) if unknown
     units: tuple[str | None, str | None]  # units of (y, x) when known
     georef: dict                          # georeferencing attributes to carry over; {} when none
