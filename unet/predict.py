@@ -62,6 +62,9 @@ class TilePredictor:
     # -- tile choice --------------------------------------------------------------------------------
     @staticmethod
     def _check_tile(model: UNet, tile: int) -> int:
+        if isinstance(tile, bool) or not isinstance(tile, (int, np.integer)):
+            raise UNetError(f"tile: expected an integer number of pixels, found {tile!r}")
+        tile = int(tile)
         valid = model.valid_input_sizes(1, tile + 4 * model.grid + model.sizes.min_input)
         usable = [n for n in valid if _out_size(model, n) >= model.grid]
         if tile not in usable:
