@@ -78,8 +78,9 @@ def load_checkpoint(source: str | os.PathLike | bytes, device: str | torch.devic
 
 def _header(data: bytes, name: str) -> dict[str, str]:
     """The checkpoint's safetensors metadata, after refusing anything that is not our format."""
+    looks_like_safetensors = data[8:9] == b"{"  # its 8-byte header length may itself begin with 0x80 or "PK"
     for signature, kind in _PICKLE_SIGNATURES.items():
-        if data.startswith(signature):
+        if data.startswith(signature) and not looks_like_safetensors:
             raise CheckpointError(f"checkpoint {name}: expected a safetensors file, found {kind}; "
                                   "pickles are never loaded (they can run code)")
     if len(data) < 8:
