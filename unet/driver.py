@@ -105,7 +105,7 @@ def run_jobs(jobs: list, opts, checkpoint: bytes, class_names: list[str], proven
 
     def make_actor():
         return actor.remote(ref, tile=opts.tile, batch_size=opts.batch_size, device=device, amp=opts.amp,
-                            threads=threads)
+                            threads=threads, block=opts.block_size)
 
     for job in jobs:
         _start_output(job, provenance)
@@ -118,11 +118,12 @@ def run_jobs(jobs: list, opts, checkpoint: bytes, class_names: list[str], proven
         _run_pyramids(scheduler, jobs)
     finally:
         progress.close()
+        scheduler.shutdown()
     seconds = time.monotonic() - started
     for job in jobs:
         if not job.failed:
             _finish_output(job, class_names, seconds)
-    return {"seconds": seconds, "new_pixels": progress.new_pixels, "mpx_per_s": progress.rate,
+    return {"seconds": seconds, "blocks_run": progress.blocks_done, "new_pixels": progress.new_pixels, "mpx_per_s": progress.rate,
             "workers": res.workers, "cpus_per_worker": res.cpus, "gpus_per_worker": res.gpus,
             "worker_restarts": scheduler.replaced}
 

@@ -65,6 +65,12 @@ class Scheduler:
                     self._collect(ref, running, retry, on_done, on_failed)
             self._expire(running, retry, on_failed)
 
+    def shutdown(self) -> None:
+        """Kill the pool's actors, releasing their CPUs and GPUs for whatever runs next."""
+        for actor in self.actors:
+            ray.kill(actor, no_restart=True)
+        self.actors = []
+
     def _fill(self, running: dict, retry: deque, tasks: Iterator[Task]) -> None:
         load = {id(a): 0 for a in self.actors}
         for r in running.values():

@@ -33,15 +33,18 @@ class JobSpec:
 
 
 class BlockRunner:
-    """Loads the checkpoint once; ``segment`` and ``downsample`` each write one block and its marker."""
+    """Loads the checkpoint once; ``segment`` and ``downsample`` each write one block and its marker.
+    Without a ``tile``, the predictor picks the largest one within memory that a ``block`` can use."""
 
     def __init__(self, checkpoint: bytes, *, tile: int | None = None, batch_size: int | None = None,
-                 device: str | None = None, amp: bool | None = None, threads: int | None = None):
+                 device: str | None = None, amp: bool | None = None, threads: int | None = None,
+                 block: int | None = None):
         if threads:
             torch.set_num_threads(threads)
         model, _ = load_checkpoint(checkpoint)
         self.contract = model.config.input
-        self.predictor = TilePredictor(model, tile=tile, batch_size=batch_size, device=device, amp=amp)
+        self.predictor = TilePredictor(model, tile=tile, batch_size=batch_size, device=device, amp=amp,
+                                       image_shape=(block, block) if block else None)
         self._lock = threading.Lock()
         self._sources: dict[SourceSpec, Source] = {}
         self._writers: dict[OutputSpec, OutputWriter] = {}
