@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from scipy import ndimage
 
 from unet.augment import (AugmentConfig, Geometry, _interpolate_grid, augment, elastic, flip, gray_values,
                           random_elastic, rotate, shift, warp)
@@ -133,6 +134,20 @@ def test_rotation_by_any_angle_keeps_a_centred_disk():
         np.testing.assert_allclose(np.argwhere(out).mean(axis=0), [20, 20], atol=0.5)
 
 
+def test_crop_keeps_the_geometry_of_the_region_kept():
+    """Warping with a context border and cropping it equals warping the whole array and cropping after,
+    for rotations and shifts (both act about the common centre)."""
+    rng = np.random.default_rng(0)
+    image, mask = rng.normal(size=(1, 41, 45)).astype(np.float32), rng.integers(0, 4, (41, 45))
+    geometry = Geometry(matrix=np.array([[0.6, -0.8], [0.8, 0.6]]), shift=np.array([1.5, -2.0]))
+    full = warp(image, mask, None, geometry)
+    cropped = warp(image, mask, None, geometry, crop=6)
+    np.testing.assert_allclose(cropped[0], full[0][:, 6:35, 6:39], atol=1e-5)
+    np.testing.assert_array_equal(cropped[1], full[1][6:35, 6:39])
+    identity = warp(image, mask, None, Geometry(), crop=6)
+    np.testing.assert_array_equal(identity[1], mask[6:35, 6:39])
+
+
 def test_rotation_fills_the_corners_by_mirroring():
     """A constant image stays constant: the corners come from mirrored content, not from a fill value."""
     image, mask = np.full((2, 30, 37), 5.0, np.float32), np.ones((30, 37), np.int64)
@@ -151,6 +166,14 @@ def test_elastic_field_passes_through_the_coarse_grid(h, w, seed):
         np.testing.assert_allclose(field[:, y, x], d[:, gy, gx], atol=1e-6)
     if h % 2 and w % 2:
         np.testing.assert_allclose(field[:, h // 2, w // 2], d[:, 1, 1], atol=1e-6)
+
+
+def test_elastic_field_is_the_2d_bicubic_spline_of_the_grid():
+    """The separable (matrix product) evaluation equals scipy's 2-D cubic spline through the nodes."""
+    d = random_elastic(np.random.default_rng(0)).displacements
+    at = np.stack(np.meshgrid(np.linspace(0, 2, 37), np.linspace(0, 2, 52), indexing="ij"))
+    expected = np.stack([ndimage.map_coordinates(c, at, order=3, mode="mirror") for c in d])
+    np.testing.assert_allclose(_interpolate_grid(d, (37, 52)), expected, atol=1e-9)
 
 
 def test_elastic_displacements_have_the_paper_spread():

@@ -78,14 +78,19 @@ class Geometry:
         return (np.array_equal(self.matrix, np.eye(2)) and not self.shift.any()
                 and (self.displacements is None or not self.displacements.any()))
 
-    def source_points(self, shape: tuple[int, int]) -> np.ndarray:
-        """Source positions (2, H, W) of the output pixels of an array of ``shape``."""
-        points = np.indices(shape, dtype=np.float64)            # (2, H, W)
+    def source_points(self, shape: tuple[int, int], crop: int = 0) -> np.ndarray:
+        """Source positions (2, H - 2 crop, W - 2 crop) of the output pixels of an array of ``shape`` without
+        a border of ``crop`` pixels; centre and elastic grid are those of the region kept."""
+        h, w = shape[0] - 2 * crop, shape[1] - 2 * crop
+        centre = np.array([(h - 1) / 2, (w - 1) / 2])
+        ys = np.arange(h, dtype=np.float64)[:, None] - centre[0]  # (h, 1)
+        xs = np.arange(w, dtype=np.float64)[None, :] - centre[1]  # (1, w)
         if self.displacements is not None:
-            points += _interpolate_grid(self.displacements, shape)
-        centre = (np.asarray(shape, np.float64) - 1) / 2
-        points = np.tensordot(self.matrix, points - centre[:, None, None], axes=1)  # (2, H, W)
-        return points + (centre + self.shift)[:, None, None]
+            dy, dx = _interpolate_grid(self.displacements, (h, w))  # (h, w) each
+            ys, xs = ys + dy, xs + dx
+        (a, b), (c, d) = self.matrix
+        origin = centre + crop + self.shift
+        return np.stack(np.broadcast_arrays(a * ys + b * xs + origin[0], c * ys + d * xs + origin[1]))
 
 
 def random_flip(rng: np.random.Generator, p: float = 0.5) -> Geometry:
@@ -128,13 +133,18 @@ def random_geometry(rng: np.random.Generator, config: AugmentConfig) -> Geometry
     return Geometry(matrix=rotation.matrix @ flip.matrix, shift=shift.shift, displacements=elastic.displacements)
 
 
-def warp(image: np.ndarray, mask: np.ndarray, weights: np.ndarray | None, geometry: Geometry) -> Arrays:
-    """Resample image (bicubic), mask and weights (nearest) at the geometry's source points, mirrored."""
+def warp(image: np.ndarray, mask: np.ndarray, weights: np.ndarray | None, geometry: Geometry,
+         crop: int = 0) -> Arrays:
+    """Resample image (bicubic), mask and weights (nearest) at the geometry's source points, mirrored.
+
+    ``crop`` > 0 computes only the output without a border of that width (the arrays then act as context
+    around the region kept, so rotated corners show real content instead of mirrored content)."""
     if geometry.is_identity:
-        return image.copy(), mask.copy(), None if weights is None else weights.copy()
-    points = geometry.source_points(mask.shape)                 # (2, H, W)
+        kept = (slice(crop, mask.shape[0] - crop), slice(crop, mask.shape[1] - crop))
+        return image[:, kept[0], kept[1]].copy(), mask[kept].copy(), None if weights is None else weights[kept].copy()
+    points = geometry.source_points(mask.shape, crop)           # (2, h, w)
     out = np.stack([ndimage.map_coordinates(channel, points, order=3, mode="mirror", output=np.float32)
-                    for channel in image])                      # (C, H, W)
+                    for channel in image])                      # (C, h, w)
     new_mask = ndimage.map_coordinates(mask, points, order=0, mode="mirror")
     new_weights = None if weights is None else ndimage.map_coordinates(weights, points, order=0, mode="mirror")
     return out, new_mask, new_weights
@@ -185,9 +195,10 @@ def gray_values(image: np.ndarray, mask: np.ndarray, weights: np.ndarray | None,
 
 
 def augment(image: np.ndarray, mask: np.ndarray, weights: np.ndarray | None, rng: np.random.Generator,
-            config: AugmentConfig = AugmentConfig()) -> Arrays:
-    """All of the above: one resampling for the composed geometry, then the gray-value changes."""
-    image, mask, weights = warp(image, mask, weights, random_geometry(rng, config))
+            config: AugmentConfig = AugmentConfig(), crop: int = 0) -> Arrays:
+    """All of the above: one resampling for the composed geometry, then the gray-value changes; ``crop``
+    as in ``warp``."""
+    image, mask, weights = warp(image, mask, weights, random_geometry(rng, config), crop)
     return gray_values(image, mask, weights, rng, config.brightness, config.contrast, config.gamma, config.noise)
 
 
@@ -199,10 +210,15 @@ def _gamma(channel: np.ndarray, g: float) -> None:
 
 
 def _interpolate_grid(displacements: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Bicubic interpolation of (2, g, g) grid displacements, nodes at the corners and evenly between,
-    to every pixel of ``shape``: (2, H, W)."""
+    """Bicubic spline interpolation of (2, g, g) grid displacements, nodes at the corners and evenly
+    between, to every pixel of ``shape``: (2, H, W). The spline is a tensor product, so it is computed as
+    rows @ grid @ cols.T with 1-D interpolation matrices."""
     g = displacements.shape[-1]
-    rows = np.linspace(0, g - 1, shape[0])
-    cols = np.linspace(0, g - 1, shape[1])
-    at = np.stack(np.meshgrid(rows, cols, indexing="ij"))       # (2, H, W) in grid units
-    return np.stack([ndimage.map_coordinates(d, at, order=3, mode="mirror") for d in displacements])
+    rows, cols = (_spline_matrix(g, n) for n in shape)            # (H, g), (W, g)
+    return np.stack([rows @ d @ cols.T for d in displacements])  # (2, H, W)
+
+
+def _spline_matrix(g: int, n: int) -> np.ndarray:
+    """(n, g): row i holds the weights of the g nodes in the cubic spline's value at pixel i of n."""
+    at = np.linspace(0, g - 1, n)[None, :]                      # (1, n) in grid units
+    return np.stack([ndimage.map_coordinates(unit, at, order=3, mode="mirror") for unit in np.eye(g)], axis=1)

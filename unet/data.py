@@ -26,7 +26,7 @@ from unet.augment import AugmentConfig, augment
 from unet.errors import UNetError
 from unet.losses import separate_instances
 from unet.model import InputContract
-from unet.tiling import reflect
+from unet.tiling import read_mirrored
 
 SUFFIXES = (".png", ".tif", ".tiff", ".npy")
 
@@ -92,8 +92,8 @@ def make_sample(name: str, image: np.ndarray, mask: np.ndarray, num_classes: int
     masks get their gaps and become foreground masks. ``sha256`` defaults to a hash of the arrays and
     ``sources`` (named in error messages) to ``name``."""
     image_source, mask_source = sources or (name, name)
-    image, mask = (np.asarray(a).astype(np.uint8) if np.asarray(a).dtype == bool else np.asarray(a)
-                   for a in (image, mask))
+    image, mask = (np.asarray(a, np.uint8) if np.asarray(a).dtype == bool else np.asarray(a) for a in (image, mask))
+    sha256 = sha256 or _array_hash(image, mask)
     image = as_chw(image, image_source)
     check_mask(mask, mask_source, image.shape[1:], num_classes, instances)
     if np.issubdtype(image.dtype, np.floating) and not np.isfinite(image).all():
@@ -102,7 +102,7 @@ def make_sample(name: str, image: np.ndarray, mask: np.ndarray, num_classes: int
                         "fill them before training")
     labels = separate_instances(relabel(mask)) if instances else None
     mask = (labels > 0).astype(np.int64) if instances else mask.astype(np.int64)
-    return Sample(name, image, mask, labels, sha256 or _array_hash(image, mask))
+    return Sample(name, image, mask, labels, sha256)
 
 
 def _array_hash(*arrays: np.ndarray) -> str:
@@ -237,11 +237,10 @@ class TileSampler:
         i = rng.choice(len(self.samples), p=self.p)
         h, w = self.samples[i].mask.shape
         oy, ox = (int(rng.integers(min(0, n - self.out), max(0, n - self.out) + 1)) for n in (h, w))
-        image, mask, weights = self._window(i, oy - self.margins[0] - self.context, ox - self.margins[0] - self.context)
-        image, mask, weights = augment(image, mask, weights, rng, self.augmentation)
-        c, t, m = self.context, self.tile, self.margins[0]
-        target = (slice(c + m, c + m + self.out),) * 2
-        return image[:, c:c + t, c:c + t], mask[target], weights[target]  # (C, T, T), (h, w), (h, w)
+        window = self._window(i, oy - self.margins[0] - self.context, ox - self.margins[0] - self.context)
+        image, mask, weights = augment(*window, rng, self.augmentation, crop=self.context)  # (C, T, T), ...
+        target = (slice(self.margins[0], self.margins[0] + self.out),) * 2
+        return image, mask[target], weights[target]             # (C, T, T), (h, w), (h, w)
 
     def batch(self, rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``size`` tiles stacked: (B, C, T, T) float32, (B, h, w) int64, (B, h, w) float32."""
@@ -251,7 +250,8 @@ class TileSampler:
     def _window(self, i: int, y: int, x: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The tile's window with context at (y, x), mirrored at the image borders, image normalised."""
         s, n = self.samples[i], self.tile + 2 * self.context
-        rows = reflect(np.arange(y, y + n), s.mask.shape[0])[:, None]
-        cols = reflect(np.arange(x, x + n), s.mask.shape[1])[None, :]
-        image = (s.image[:, rows, cols].astype(np.float32) - self.offset) / self.scale  # (C, n, n)
-        return image, s.mask[rows, cols], self.weights[i][rows, cols]
+        shape, rows, cols = s.mask.shape, (y, y + n), (x, x + n)
+        image = read_mirrored(lambda r, c: s.image[:, r, c], shape, rows, cols)         # (C, n, n)
+        mask, weights = (read_mirrored(lambda r, c: a[None, r, c], shape, rows, cols)[0]
+                         for a in (s.mask, self.weights[i]))                           # (n, n) each
+        return (image.astype(np.float32) - self.offset) / self.scale, mask, weights

@@ -26,7 +26,7 @@ from unet.data import Sample, TileSampler, data_hash, input_contract, load_folde
 from unet.errors import UNetError
 from unet.losses import LossConfig, class_frequency_weights, segmentation_loss, weight_map
 from unet.metrics import Scores, score
-from unet.model import InputContract, UNet, UNetConfig
+from unet.model import UNet, UNetConfig
 from unet.predict import predict_image
 
 DEFAULT_STEPS = 1000
@@ -41,8 +41,8 @@ class TrainConfig:
     VALIDATIONS_PER_RUN per run). ``val_fraction`` of the images is held out unless ``val_dir`` is given;
     0 disables validation and keeps the last model. ``lr`` None: 1e-3 for Adam, 1e-2 for SGD."""
 
-    data: Path
     out: Path
+    data: Path | None = None
     val_dir: Path | None = None
     val_fraction: float = 0.2
     instances: bool = False
@@ -108,12 +108,14 @@ class TrainResult:
     step: int
     steps: int
     scores: dict[str, Any] | None
-    history: tuple[dict[str, float], ...]
+    history: tuple[dict[str, float | None], ...]
     seconds: float
 
 
 def train(config: TrainConfig) -> TrainResult:
     """Train on the folders of ``config`` and write the best checkpoint to ``config.out``."""
+    if config.data is None:
+        raise UNetError("training options: expected a data folder, found none; or call fit() with samples")
     samples = load_folder(config.data, config.num_classes, config.instances)
     if config.val_dir is not None:
         train_set, val_set = samples, load_folder(config.val_dir, config.num_classes, config.instances)
@@ -128,14 +130,13 @@ def fit(config: TrainConfig, train_set: Sequence[Sample], val_set: Sequence[Samp
     device = resolve_device(config.device)
     check_output(config.out)
     torch.manual_seed(config.seed)
-    rng = np.random.default_rng(config.seed)
     model = build_model(config, train_set).to(device)
-    sampler = make_sampler(config, model, train_set)
-    total = total_steps(config, sampler)
+    trainer = Trainer(config, model, make_sampler(config, model, train_set), val_set, device)
     keeper = BestCheckpoint(config.out, run_metadata(config, train_set, val_set, data_sha256))
     if config.resume is not None and val_set:
-        keeper.offer(model, 0, validate(model, val_set, config.num_classes, device), loss=math.nan)
-    run_steps(model, make_optimizer(config, model), sampler, keeper, val_set, config, total, device, rng)
+        keeper.offer(model, 0, trainer.validate(), loss=None)      # the resumed model is the one to beat
+    total = total_steps(config, trainer.sampler)
+    trainer.run(total, keeper)
     return keeper.result(total, time.perf_counter() - start)
 
 
@@ -218,21 +219,49 @@ def make_optimizer(config: TrainConfig, model: UNet) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=lr, weight_decay=config.weight_decay)
 
 
-def run_steps(model: UNet, optimizer: torch.optim.Optimizer, sampler: TileSampler, keeper: BestCheckpoint,
-              val_set: Sequence[Sample], config: TrainConfig, total: int, device: torch.device,
-              rng: np.random.Generator) -> None:
-    """The loop: a batch of tiles per step, validation every ``val_every`` steps and at the end."""
-    every = config.val_every or max(1, total // VALIDATIONS_PER_RUN)
-    losses: list[float] = []
-    with progress_bar(total, config.progress) as bar:
-        for step in range(1, total + 1):
-            losses.append(train_step(model, optimizer, sampler.batch(rng, config.batch_size), config.loss.dice, device))
-            bar.update()
-            bar.set_postfix(keeper.postfix(loss=float(np.mean(losses[-20:]))), refresh=False)
-            if step % every == 0 or step == total:
-                scores = validate(model, val_set, config.num_classes, device) if val_set else None
-                keeper.offer(model, step, scores, loss=float(np.mean(losses)))
-                losses.clear()
+class Trainer:
+    """One run's moving parts: the model on its device, its optimiser, the tile sampler and the validation
+    images; ``run`` is the loop."""
+
+    def __init__(self, config: TrainConfig, model: UNet, sampler: TileSampler, val_set: Sequence[Sample],
+                 device: torch.device):
+        self.config, self.model, self.sampler, self.val_set, self.device = config, model, sampler, val_set, device
+        self.optimizer = make_optimizer(config, model)
+        self.rng = np.random.default_rng(config.seed)
+
+    def run(self, total: int, keeper: BestCheckpoint) -> None:
+        """``total`` steps; validation every ``val_every`` steps and at the end, each offered to ``keeper``."""
+        every = self.config.val_every or max(1, total // VALIDATIONS_PER_RUN)
+        losses: list[float] = []
+        with progress_bar(total, self.config.progress) as bar:
+            for step in range(1, total + 1):
+                losses.append(self.step())
+                bar.update()
+                bar.set_postfix(keeper.postfix(loss=float(np.mean(losses[-20:]))), refresh=False)
+                if step % every == 0 or step == total:
+                    keeper.offer(self.model, step, self.validate(), loss=float(np.mean(losses)))
+                    losses.clear()
+
+    def step(self) -> float:
+        """One optimiser step on a batch of random tiles; returns the loss."""
+        batch = self.sampler.batch(self.rng, self.config.batch_size)
+        images, target, weights = (torch.from_numpy(a).to(self.device) for a in batch)  # (B,C,T,T), (B,h,w) x2
+        loss = segmentation_loss(self.model(images), target, weights, self.config.loss.dice)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return loss.item()
+
+    def validate(self) -> Scores | None:
+        """Scores of whole-image, overlap-tile predictions on the validation images, pooled (None without
+        validation images); leaves the model in training mode."""
+        total = None
+        for s in self.val_set:
+            pred = predict_image(self.model, s.image, device=self.device, amp=False).argmax(axis=0)  # (H, W)
+            scores = score(pred, s.mask, self.config.num_classes, s.instances)
+            total = scores if total is None else total + scores
+        self.model.train()
+        return total
 
 
 def progress_bar(total: int, enabled: bool) -> tqdm:
@@ -240,28 +269,6 @@ def progress_bar(total: int, enabled: bool) -> tqdm:
     tty = sys.stderr.isatty()
     return tqdm(total=total, unit="step", disable=not enabled, mininterval=0.5 if tty else 30.0,
                 dynamic_ncols=tty, file=sys.stderr)
-
-
-def train_step(model: UNet, optimizer: torch.optim.Optimizer, batch: tuple[np.ndarray, ...], dice: float,
-               device: torch.device) -> float:
-    """One optimiser step on a batch of (images, targets, weights); returns the loss."""
-    images, target, weights = (torch.from_numpy(a).to(device) for a in batch)  # (B,C,T,T), (B,h,w), (B,h,w)
-    loss = segmentation_loss(model(images), target, weights, dice)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    return loss.item()
-
-
-def validate(model: UNet, samples: Sequence[Sample], num_classes: int, device: torch.device) -> Scores:
-    """Scores of whole-image, overlap-tile predictions on ``samples``, pooled; leaves the model training."""
-    total = None
-    for s in samples:
-        pred = predict_image(model, s.image, device=device, amp=False).argmax(axis=0)  # (H, W)
-        scores = score(pred, s.mask, num_classes, s.instances)
-        total = scores if total is None else total + scores
-    model.train()
-    return total
 
 
 def run_metadata(config: TrainConfig, train_set: Sequence[Sample], val_set: Sequence[Sample],
@@ -281,9 +288,9 @@ class BestCheckpoint:
     def __init__(self, path: Path, metadata: dict[str, Any]):
         self.path, self.metadata = path, metadata
         self.best: tuple[int, Scores | None] | None = None
-        self.history: list[dict[str, float]] = []
+        self.history: list[dict[str, float | None]] = []
 
-    def offer(self, model: UNet, step: int, scores: Scores | None, loss: float) -> None:
+    def offer(self, model: UNet, step: int, scores: Scores | None, loss: float | None) -> None:
         record = {"step": step, "loss": loss}
         if scores is not None:
             record |= {"foreground_iou": scores.foreground_iou, "foreground_dice": scores.foreground_dice}
