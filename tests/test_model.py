@@ -237,3 +237,30 @@ def test_input_size_refuses_unproducible_outputs(depth, padding, upsampling):
         else:
             with pytest.raises(ValueError, match="nearest producible"):
                 model.input_size(n)
+
+
+@pytest.mark.parametrize("upsampling", ["transpose", "upsample_conv"])
+@pytest.mark.parametrize("depth", [2, 3, 5])
+def test_margin_before_is_where_the_output_is_centred(depth, upsampling):
+    """Output pixel i must look at input pixel i + margin: the centre of mass of its sensitivity, in a
+    linear stand-in (average pooling, constant positive weights), sits there (half a pixel later with the
+    2x2 up-convolution, whose margins differ by one), averaged over one period of the pooling grid."""
+    model = _tiny(depth, "valid", upsampling).double()
+    for down in model.downs:
+        down[0] = nn.AvgPool2d(2)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(0.5)
+    n = model.round_input_size(1, "up") + 2 * model.grid
+    across = model.round_input_size(1, "up")
+    offsets = []
+    for i in range(model.grid):
+        x = torch.ones(1, 1, n, across, dtype=torch.double, requires_grad=True)
+        model(x)[0, 0, i, 0].backward()
+        weight = x.grad[0, 0].sum(1)                           # (n,) sensitivity per input row
+        offsets.append((weight * torch.arange(n)).sum().item() / weight.sum().item() - i)
+    centre = sum(offsets) / len(offsets)
+    before, after = model.margins
+    assert centre == pytest.approx((before + after) / 2, abs=0.02)
+    assert max(abs(o - centre) for o in offsets) < 0.25
+    assert before == math.floor(centre + 0.02) and after - before in (0, 1)
