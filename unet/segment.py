@@ -20,12 +20,11 @@ import numpy as np
 from unet.checkpoint import load_checkpoint, read_checkpoint_bytes
 from unet.cli import EXIT_OK, add_debug_flag, run
 from unet.errors import UNetError
-from unet.io.output import OutputSpec, check_writable, create_output, done_keys, read_unet_attrs
+from unet.io.output import OutputSpec, check_writable, done_keys, read_unet_attrs
 from unet.io.source import Source, SourceSpec, open_source
 from unet.io.urls import is_inside, parse_storage_options, redact, resolve_storage_options
 from unet.model import UNet
-from unet.plan import Block, BlockPlan, check_block_size
-from unet.pyramid import owned_levels
+from unet.plan import BlockPlan, check_block_size
 from unet.worker import JobSpec
 
 EXIT_PARTIAL = 3

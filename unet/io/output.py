@@ -19,9 +19,9 @@ from typing import Any
 import fsspec
 import numpy as np
 import zarr
-from zarr.storage import FsspecStore, LocalStore
 
 from unet.errors import UNetError
+from unet.io.urls import fs_and_path, open_store, redact
 
 MARKERS = "_unet/done"
 STATUS_RUNNING, STATUS_COMPLETE = "running", "complete"
@@ -54,14 +54,8 @@ class OutputSpec:
         return self.shard or self.chunk
 
 
-def open_store(url: str, storage_options: dict | None = None, read_only: bool = False):
-    if "://" not in url or url.startswith("file://"):
-        return LocalStore(url.removeprefix("file://"), read_only=read_only)
-    return FsspecStore.from_url(url, storage_options=storage_options or {}, read_only=read_only)
-
-
 def filesystem(url: str, storage_options: dict | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
-    fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    fs, path = fs_and_path(url, storage_options)
     return fs, path.rstrip("/")
 
 
@@ -150,7 +144,7 @@ def check_writable(spec: OutputSpec) -> None:
         _put(fs, probe, b"")
         fs.rm_file(probe)
     except (PermissionError, OSError) as e:
-        raise UNetError(f"output {spec.url}: expected a writable location, found {type(e).__name__}: "
+        raise UNetError(f"output {redact(spec.url)}: expected a writable location, found {type(e).__name__}: "
                         f"{e.strerror or e}") from None
 
 

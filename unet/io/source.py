@@ -19,12 +19,11 @@ import fsspec
 import numpy as np
 import zarr
 import zarr.errors
-from zarr.storage import FsspecStore, LocalStore
 
 from unet.errors import UNetError
 from unet.io import multiscales
 from unet.io.tiff import is_tiff_header, open_tiff_level
-from unet.io.urls import fs_and_path, is_local, local_path, protocol, redact, redact_text
+from unet.io.urls import fs_and_path, is_local, local_path, open_store, protocol, redact, redact_text
 
 PLAIN_AXES = ("yx", "cyx", "yxc")
 MAX_CHANNELS = 16  # a dimension this small, first or last, holds channels in a plain 3-D array
@@ -161,10 +160,7 @@ def _probe_filesystem(url: str, storage_options: Mapping[str, Any]) -> tuple[fss
 
 
 def _open_zarr(url: str, storage_options: Mapping[str, Any], name: str) -> zarr.Array | zarr.Group:
-    if is_local(url):
-        store = LocalStore(local_path(url), read_only=True)
-    else:
-        store = FsspecStore.from_url(url, storage_options=dict(storage_options), read_only=True)
+    store = open_store(url, storage_options, read_only=True)
     try:
         return zarr.open(store=store, mode="r")
     except zarr.errors.NodeNotFoundError:

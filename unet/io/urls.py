@@ -57,6 +57,15 @@ def fs_and_path(url: str, storage_options: Mapping[str, Any] | None = None) -> t
     return fsspec.core.url_to_fs(url, **(storage_options or {}))
 
 
+def open_store(url: str, storage_options: Mapping[str, Any] | None = None, read_only: bool = False):
+    """The Zarr store at ``url``: a LocalStore for local paths, an FsspecStore for any other URL."""
+    from zarr.storage import FsspecStore, LocalStore
+
+    if is_local(url):
+        return LocalStore(local_path(url), read_only=read_only)
+    return FsspecStore.from_url(url, storage_options=dict(storage_options or {}), read_only=read_only)
+
+
 def parse_storage_options(pairs: Sequence[str]) -> dict[str, Any]:
     """Options from repeated ``KEY=VALUE`` strings; values are JSON when they parse, dotted keys nest.
 
