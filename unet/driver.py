@@ -15,8 +15,8 @@ import ray
 from tqdm import tqdm
 
 from unet.io.ome import label_metadata
-from unet.io.output import (OutputWriter, STATUS_COMPLETE, STATUS_RUNNING, create_output, update_unet_attrs,
-                            write_ome_metadata)
+from unet.io.output import (STATUS_COMPLETE, STATUS_RUNNING, OutputWriter, create_output, register_label,
+                            update_unet_attrs, write_ome_metadata)
 from unet.io.urls import redact
 from unet.plan import BlockPlan
 from unet.pyramid import owned_levels
@@ -187,9 +187,10 @@ def _finish_output(job, class_names: list[str], seconds: float) -> None:
     """The last write of a run: OME metadata, provenance end, status complete."""
     out, source = job.spec.output, job.source
     ome = label_metadata(len(out.level_shapes), source.scale, source.translation, source.units, class_names,
-                         name="labels", source_image="../../" if job.spec.source.url != out.url and
-                         out.url.rstrip("/").rsplit("/", 2)[-2] == "labels" else None)
+                         name=job.label_name or "labels", source_image="../../" if job.label_name else None)
     write_ome_metadata(out, ome)
+    if job.label_name:
+        register_label(out, job.label_name)
     update_unet_attrs(out, status=STATUS_COMPLETE, finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                       seconds=round(seconds, 3), pixels=source.shape[0] * source.shape[1],
                       georeferencing=source.georef or None)

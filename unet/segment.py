@@ -78,6 +78,7 @@ class PreparedJob:
     done: set[str] = field(default_factory=set)
     failed: list[dict] = field(default_factory=list)
     pixels_done: int = 0
+    label_name: str | None = None  # set when writing INPUT/labels/NAME of an OME-Zarr image
 
     @property
     def complete(self) -> bool:
@@ -158,7 +159,7 @@ def _pairs(a: argparse.Namespace) -> tuple[tuple[str, str], ...]:
         if a.output:
             raise UNetError(f"--as-label {a.as_label}: expected no OUTPUT (it goes to INPUT/labels/NAME), "
                             f"found {redact(a.output)}")
-        return ((a.input, a.input.rstrip("/") + f"/labels/{a.as_label}"),)
+        return ((a.input, ""),)  # the label location depends on the image's layout: see prepare_job
     if not a.output:
         raise UNetError("OUTPUT: expected an output location after INPUT, found none")
     return ((a.input, a.output),)
@@ -206,9 +207,12 @@ def prepare_job(opts: SegmentOptions, pair: tuple[str, str], model: UNet, checkp
     so_out = resolve_storage_options(out_url, opts.storage_options)
     source = open_source(SourceSpec(in_url, opts.level, opts.axes, storage_options=so_in))
     check_contract(source, model, opts.input_range)
-    if opts.as_label and not source.is_ome:
-        raise UNetError(f"--as-label: expected an OME-Zarr image as INPUT, found {redact(in_url)} "
-                        "(a plain array or TIFF has no labels/ group)")
+    if opts.as_label:
+        if not source.is_ome:
+            raise UNetError(f"--as-label: expected an OME-Zarr image as INPUT, found {redact(in_url)} "
+                            "(a plain array or TIFF has no labels/ group)")
+        out_url = "/".join(p for p in (in_url.rstrip("/"), source.ome_path, "labels", opts.as_label) if p)
+        so_out = so_in
     if not opts.as_label and is_inside(out_url, in_url):
         raise UNetError(f"OUTPUT {redact(out_url)}: expected a location outside INPUT {redact(in_url)}, "
                         "found it inside (use --as-label NAME to write labels into an OME-Zarr image)")
@@ -222,10 +226,9 @@ def prepare_job(opts: SegmentOptions, pair: tuple[str, str], model: UNet, checkp
     existing = read_unet_attrs(out)
     if existing is not None and not opts.overwrite:
         _check_resumable(out_url, existing, fingerprint)
-    job = PreparedJob(JobSpec(source.spec, out, opts.input_range), source,
-                      BlockPlan(0, source.shape, opts.block_size), fingerprint,
-                      None if opts.overwrite else existing)
-    return job
+    return PreparedJob(JobSpec(source.spec, out, opts.input_range), source,
+                       BlockPlan(0, source.shape, opts.block_size), fingerprint,
+                       None if opts.overwrite else existing, label_name=opts.as_label)
 
 
 def check_contract(source: Source, model: UNet, input_range: tuple[float, float] | None) -> None:

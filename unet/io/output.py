@@ -103,6 +103,15 @@ def write_ome_metadata(spec: OutputSpec, ome: dict[str, Any]) -> None:
     group.attrs["ome"] = ome
 
 
+def register_label(spec: OutputSpec, name: str) -> None:
+    """Add ``name`` to the ``labels`` list of the OME ``labels`` group that holds this output."""
+    parent = spec.url.rstrip("/").rsplit("/", 1)[0]
+    group = zarr.open_group(open_store(parent, spec.storage_options), mode="a")
+    ome = dict(group.attrs.get("ome", {"version": "0.5"}))
+    ome["labels"] = sorted({*ome.get("labels", []), name})
+    group.attrs["ome"] = ome
+
+
 class OutputWriter:
     """Opens the output's arrays once and writes whole chunks of them; used inside workers."""
 
