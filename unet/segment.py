@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
+import fsspec
 import numpy as np
 
 from unet.checkpoint import load_checkpoint, read_checkpoint_bytes
@@ -152,7 +153,7 @@ def _pairs(a: argparse.Namespace) -> tuple[tuple[str, str], ...]:
     if a.manifest:
         if a.input:
             raise UNetError("--manifest: expected either --manifest or INPUT OUTPUT, found both")
-        return tuple(read_manifest(a.manifest))
+        return tuple(read_manifest(a.manifest, parse_storage_options(a.storage_option)))
     if not a.input:
         raise UNetError("INPUT: expected an input image (or --manifest), found none")
     if a.as_label:
@@ -177,11 +178,9 @@ def _range(text: str | None) -> tuple[float, float] | None:
     return lo, hi
 
 
-def read_manifest(url: str) -> Iterator[tuple[str, str]]:
-    import fsspec
-
+def read_manifest(url: str, storage_options: dict) -> Iterator[tuple[str, str]]:
     try:
-        with fsspec.open(url, "rt") as f:
+        with fsspec.open(url, "rt", **resolve_storage_options(url, storage_options)) as f:
             lines = f.read().splitlines()
     except FileNotFoundError:
         raise UNetError(f"--manifest {redact(url)}: file not found") from None
