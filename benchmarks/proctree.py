@@ -1,5 +1,5 @@
 """CPU time and peak memory of this process and everything it started (a local Ray: raylet, GCS, workers),
-read from /proc (Linux only), so that a benchmark can say how many cores a run really used."""
+sampled from /proc (Linux only), so that a benchmark can say how many cores a run really used."""
 
 from __future__ import annotations
 
@@ -11,32 +11,26 @@ _TICK = os.sysconf("SC_CLK_TCK")
 
 
 def _stat(pid: int) -> tuple[int, float] | None:
-    """(parent pid, CPU seconds of the process plus its reaped children), or None if it is gone."""
+    """(parent pid, CPU seconds of the process itself), or None if it is gone."""
     try:
         text = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
     rest = text[text.rindex(")") + 2:].split()                 # fields 3.. of proc(5), state first
-    return int(rest[1]), sum(int(v) for v in rest[11:15]) / _TICK  # utime, stime, cutime, cstime
+    return int(rest[1]), (int(rest[11]) + int(rest[12])) / _TICK  # utime + stime
 
 
-def descendants(root: int) -> list[int]:
-    """``root`` and every process below it."""
-    parents = {}
+def _tree(root: int) -> dict[int, float]:
+    """CPU seconds of ``root`` and of every process below it, by pid."""
+    stats = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit() and (s := _stat(int(entry))) is not None:
-            parents[int(entry)] = s[0]
-    tree, frontier = [root], [root]
+            stats[int(entry)] = s
+    tree, frontier = {root}, {root}
     while frontier:
-        frontier = [pid for pid, parent in parents.items() if parent in frontier]
-        tree += frontier
-    return tree
-
-
-def tree_cpu_seconds(root: int | None = None) -> float:
-    """CPU seconds used so far by ``root`` (default: this process) and its descendants, including
-    descendants that have exited and were reaped inside the tree."""
-    return sum(s[1] for pid in descendants(root or os.getpid()) if (s := _stat(pid)) is not None)
+        frontier = {pid for pid, (parent, _) in stats.items() if parent in frontier} - tree
+        tree |= frontier
+    return {pid: stats[pid][1] for pid in tree if pid in stats}
 
 
 def _peak_rss_bytes(pid: int) -> int:
@@ -56,25 +50,38 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
-class PeakRss:
-    """Samples, in a thread, the peak RSS (VmHWM) of descendant processes whose command line contains
-    ``marker`` (Ray titles an actor's process ``ray::ClassName...``); processes exit before the end."""
+class ProcessTreeMeter:
+    """Samples this process tree in a thread while in the ``with`` block: ``cpu_seconds`` used by it
+    (processes that exit lose at most one interval, as their parent may not account for them), and
+    ``peak_rss`` (VmHWM) of the processes whose command line contains ``marker`` (Ray titles an actor's
+    process ``ray::ClassName``)."""
 
-    def __init__(self, marker: str, every_s: float = 0.5):
-        self.marker, self.every_s, self.peak = marker, every_s, 0
+    def __init__(self, marker: str, every_s: float = 0.25):
+        self.marker, self.every_s = marker, every_s
+        self.peak_rss, self._start, self._last = 0, {}, {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
-    def __enter__(self) -> PeakRss:
+    @property
+    def cpu_seconds(self) -> float:
+        return sum(cpu - self._start.get(pid, 0.0) for pid, cpu in self._last.items())
+
+    def __enter__(self) -> ProcessTreeMeter:
+        self._start = _tree(os.getpid())
         self._thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
+        self._sample()
 
     def _loop(self) -> None:
         while not self._stop.wait(self.every_s):
-            for pid in descendants(os.getpid()):
-                if self.marker in _cmdline(pid):
-                    self.peak = max(self.peak, _peak_rss_bytes(pid))
+            self._sample()
+
+    def _sample(self) -> None:
+        for pid, cpu in _tree(os.getpid()).items():
+            self._last[pid] = cpu
+            if self.marker in _cmdline(pid):
+                self.peak_rss = max(self.peak_rss, _peak_rss_bytes(pid))

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from proctree import PeakRss, tree_cpu_seconds  # noqa: E402
+from proctree import ProcessTreeMeter  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "benchmarks.json"
@@ -164,18 +164,16 @@ def run_job(model, mosaic: Path, tmp: Path, *, block: int, tile: int, workers: i
     argv = [str(mosaic), str(out), "--checkpoint", str(checkpoint), "--chunk", str(CHUNK), "--block", str(block),
             "--tile", str(tile), "--workers", str(workers), "--cpus-per-worker", str(cpus), "--no-progress",
             "--report", str(report)]
-    cpu = tree_cpu_seconds()
-    with PeakRss("BlockRunner") as rss:
+    with ProcessTreeMeter("BlockRunner") as meter:
         code = main(argv)
-    cpu = tree_cpu_seconds() - cpu
     if code != 0:
         raise RuntimeError(f"segment.main exited with {code}: {' '.join(argv)}")
     r = json.loads(report.read_text())
     shutil.rmtree(out)
     mpx = r["new_pixels"] / 1e6
     return {"block": block, "tile": tile, "workers": r["workers"], "cpus_per_worker": r["cpus_per_worker"],
-            "mpx": mpx, "seconds": round(r["seconds"], 2), "mpx_per_s": r["mpx_per_s"], "cpu_s": round(cpu, 2),
-            "cores_busy": cpu / r["seconds"], "worker_peak_rss_mb": rss.peak / 2**20,
+            "mpx": mpx, "seconds": round(r["seconds"], 2), "mpx_per_s": r["mpx_per_s"], "cpu_s": round(meter.cpu_seconds, 2),
+            "cores_busy": meter.cpu_seconds / r["seconds"], "worker_peak_rss_mb": meter.peak_rss / 2**20,
             "tile_waste": tile_waste(model, block, tile), "load": load()}
 
 
@@ -292,7 +290,7 @@ def table(res: dict) -> str:
     rows.append(("3", f"pipeline ceiling: cheapest U-Net (depth 2, 1 filter), {c['mpx']:.0f} Mpx, block {c['block']}",
                  f"{c['mpx_per_s']:.2f}", f"**{c['mpx_per_core_s']:.1f} Mpx per core-second outside the network**, "
                  f"{c['cores_busy']:.1f} cores busy, worker peak {c['worker_peak_rss_mb']:.0f} MB"))
-    rows += [("4", f"driver peak RSS, --dry-run, {r['blocks']:.0e} blocks ({r['gpx']:g} Gpx)", "",
+    rows += [("4", f"driver peak RSS, --dry-run, {r['blocks']:.0e} blocks ({r['gpx']:.3g} Gpx)", "",
               f"{r['peak_rss_mb']:.0f} MB, {r['seconds']} s") for r in res["driver_memory"]]
     rows += [("5", f"scaling, {r['mpx']:.0f} Mpx, block {r['block']}, {r['workers']} x {r['cpus_per_worker']:g} cores",
               f"{r['mpx_per_s']:.3f}", f"efficiency {r['efficiency']:.2f}") for r in res["scaling"]]
