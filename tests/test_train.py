@@ -328,6 +328,8 @@ def test_resume_on_data_of_another_dtype_is_refused(tmp_path, capsys, data_and_c
     (["--class-names", "a,b,c", "--classes", "2"], "expected 2 names for --classes 2, found 3"),
     (["--resume", "/nonexistent.safetensors"], "file not found"),
     (["--augment", "-1"], "augmentation: expected"),
+    (["--device", "tpu"], "device: expected cpu, cuda, cuda:N or auto, found 'tpu'"),
+    (["--device", "cuda:99"], "device: cuda:99 requested, but torch finds"),
 ])
 def test_bad_options_are_one_line_and_exit_2(tmp_path, capsys, options, message):
     data = make_folder(tmp_path / "data", n=2)

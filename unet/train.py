@@ -126,6 +126,8 @@ def train(config: TrainConfig) -> TrainResult:
 
 def fit(config: TrainConfig, train_set: Sequence[Sample], val_set: Sequence[Sample], data_sha256: str) -> TrainResult:
     """Train on in-memory samples; validate on ``val_set`` (may be empty: the last model is kept)."""
+    if not train_set:
+        raise UNetError("training images: expected at least one, found none")
     start = time.perf_counter()
     device = resolve_device(config.device)
     check_output(config.out)
@@ -141,17 +143,19 @@ def fit(config: TrainConfig, train_set: Sequence[Sample], val_set: Sequence[Samp
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` is CUDA when available, else the CPU; asking for CUDA without it is an error."""
+    """``auto`` is CUDA when available, else the CPU; asking for a CUDA device that is not there is an error."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    unknown = UNetError(f"device: expected cpu, cuda, cuda:N or auto, found {name!r}")
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise UNetError(f"device: expected cpu, cuda, cuda:N or auto, found {name!r}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UNetError(f"device: {name} requested, but torch finds no CUDA device; use --device cpu")
+        raise unknown from None
     if device.type not in ("cpu", "cuda"):
-        raise UNetError(f"device: expected cpu, cuda, cuda:N or auto, found {name!r}")
+        raise unknown
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise UNetError(f"device: {name} requested, but torch finds {torch.cuda.device_count()} CUDA device(s); "
+                        "use --device cpu or auto")
     return device
 
 

@@ -1,0 +1,57 @@
+"""The demo end to end in its --quick form, on the session's Ray cluster; and its command-line checks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import zarr
+from PIL import Image
+
+from unet.demo import RECIPES, DemoConfig, _busiest_window, main, parse_config, training_samples
+from unet.errors import UNetError
+
+pytestmark = pytest.mark.usefixtures("ray_cluster")
+
+
+def test_quick_demo_runs_end_to_end(tmp_path, capsys):
+    assert main(["--quick", "--out", str(tmp_path)]) == 0
+    table = capsys.readouterr().out
+    for name, channels in (("nuclei", 1), ("ships", 3)):
+        image = zarr.open_array(tmp_path / name / "image.zarr", mode="r")
+        labels = zarr.open_group(tmp_path / name / "labels.zarr", mode="r")["0"]
+        assert labels.shape == image.shape[-2:] == (512, 512)
+        assert (image.ndim == 3) == (channels == 3)
+        assert set(np.unique(labels[:])) <= {0, 1}
+        preview = Image.open(tmp_path / f"{name}-preview.png")
+        assert preview.mode == "RGB" and min(preview.size) > 0
+        row = next(line for line in table.splitlines() if line.startswith(name))
+        scores = [float(v) for v in row.split()[4:9]]              # IoU, Dice, precision, recall, F1
+        assert all(0.0 <= s <= 1.0 for s in scores), row
+
+
+def test_training_crops_are_distinct_and_of_the_recipe_size():
+    recipe = DemoConfig(quick=True).recipe("nuclei")
+    train, val = training_samples(recipe)
+    assert len(train) == recipe.crops and len(val) == 1
+    crops = [s.image for s in (*train, *val)]
+    assert all(c.shape == (1, recipe.crop, recipe.crop) for c in crops)
+    assert len({c.tobytes() for c in crops}) == len(crops)
+
+
+def test_preview_window_is_where_the_objects_are():
+    mask = np.zeros((1000, 1000), np.uint8)
+    mask[700:760, 300:350] = 1
+    y, x = _busiest_window(mask, 512)
+    assert y <= 700 and y + 512 >= 760 and x <= 300 and x + 512 >= 350
+
+
+def test_steps_option_overrides_every_recipe():
+    config = parse_config(["--steps", "7", "--scene", "ships"])
+    assert config.scenes == ("ships",) and config.recipe("ships").steps == 7
+    assert DemoConfig().recipe("nuclei").steps == RECIPES["nuclei"].steps
+
+
+@pytest.mark.parametrize("argv", [["--size", "10"], ["--steps", "0"]])
+def test_bad_options_are_one_line_errors(argv):
+    with pytest.raises(UNetError):
+        parse_config(argv)
