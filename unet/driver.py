@@ -18,6 +18,7 @@ from unet.io.ome import label_metadata
 from unet.io.output import (STATUS_COMPLETE, STATUS_RUNNING, OutputWriter, create_output, register_label,
                             update_unet_attrs, write_ome_metadata)
 from unet.io.urls import redact
+from unet.objects_job import create_instances, run_objects
 from unet.plan import BlockPlan
 from unet.pyramid import owned_levels
 from unet.scheduler import Scheduler, Task
@@ -116,6 +117,7 @@ def run_jobs(jobs: list, opts, checkpoint: bytes, class_names: list[str], proven
     try:
         _run_round(scheduler, jobs, "segment", lambda job: job.plan, progress)
         _run_pyramids(scheduler, jobs)
+        run_objects(scheduler, jobs, class_names)
     finally:
         progress.close()
         scheduler.shutdown()
@@ -128,15 +130,17 @@ def run_jobs(jobs: list, opts, checkpoint: bytes, class_names: list[str], proven
             "worker_restarts": scheduler.replaced}
 
 
-def _run_round(scheduler: Scheduler, jobs: list, method: str, plan_of, progress: Progress | None) -> None:
-    """One round of blocks over every job (lazily generated), skipping blocks already done."""
+def _run_round(scheduler: Scheduler, jobs: list, method: str, plan_of, progress: Progress | None,
+               args_of=lambda job, block: ()) -> None:
+    """One round of blocks over every job (lazily generated), skipping blocks already done; ``args_of``
+    gives a block's arguments after (job spec, block)."""
     def tasks() -> Iterator[Task]:
         for index, job in enumerate(jobs):
             if job.failed:
                 continue
             for block in plan_of(job):
                 if block.key not in job.done:
-                    yield Task(method, (job.spec, block), (index, block))
+                    yield Task(method, (job.spec, block, *args_of(job, block)), (index, block))
 
     def done(task: Task, stats: dict) -> None:
         index, block = task.tag
@@ -179,6 +183,8 @@ def _start_output(job, provenance: dict) -> None:
     attrs = {"status": STATUS_RUNNING, "fingerprint": job.fingerprint, **provenance}
     if job.existing is None:
         create_output(job.spec.output, attrs, overwrite=True)
+        if job.spec.objects is not None:
+            create_instances(job.spec.objects)
     elif job.existing.get("status") != STATUS_COMPLETE:
         update_unet_attrs(job.spec.output, status=STATUS_RUNNING, resumed_at=provenance["started_at"])
 
@@ -193,7 +199,7 @@ def _finish_output(job, class_names: list[str], seconds: float) -> None:
         register_label(out, job.label_name)
     update_unet_attrs(out, status=STATUS_COMPLETE, finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                       seconds=round(seconds, 3), pixels=source.shape[0] * source.shape[1],
-                      georeferencing=source.georef or None)
+                      georeferencing=source.georef or None, objects=job.object_counts)
 
 
 def lowest_level(job) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""Label pyramids: each level halves the previous one by a 2x2 mode, never by averaging labels.
+"""Label pyramids: each level halves the previous one, never by averaging labels: class images by a 2x2
+mode, instance images (object ids) by decimation.
 
 A worker that has just written a block of level ``k`` also writes the part of level ``k + 1`` that its
 block owns outright: the halved block must start on a pixel pair and cover whole writing units (chunks or
@@ -21,6 +22,13 @@ def mode2x2(labels: np.ndarray) -> np.ndarray:
     counts = (quads[:, None] == quads[None, :]).sum(axis=1)                      # (4, h', w')
     score = counts.astype(np.int64) * 1_000_000 + quads                          # count first, then label
     return np.take_along_axis(quads, score.argmax(axis=0)[None], axis=0)[0]     # (h', w')
+
+
+def decimate2x2(ids: np.ndarray) -> np.ndarray:
+    """Halve a (h, w) image of object ids by keeping every other pixel (nearest neighbour): a mode of ids
+    would let the object with a larger id win ties, and averaging would invent ids. Thin objects may skip
+    a coarse level; level 0 holds them all."""
+    return ids[::2, ::2]                                                         # (h', w')
 
 
 def halve(span: tuple[int, int]) -> tuple[int, int]:

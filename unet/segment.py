@@ -12,6 +12,7 @@ import json
 import os
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -24,7 +25,9 @@ from unet.errors import UNetError
 from unet.io.output import OutputSpec, check_writable, done_keys, read_unet_attrs
 from unet.io.source import Source, SourceSpec, open_source
 from unet.io.urls import is_inside, parse_storage_options, redact, resolve_storage_options
+from unet.io.georef import affine_transform
 from unet.model import UNet
+from unet.objects_job import object_classes, objects_spec
 from unet.plan import BlockPlan, check_block_size
 from unet.worker import JobSpec
 
@@ -60,6 +63,9 @@ class SegmentOptions:
     block_timeout: float = 1800.0
     max_retries: int = 2
     progress: bool | None = None
+    objects: bool = False
+    object_classes: str | None = None  # as given; resolved against the checkpoint's classes in prepare_job
+    min_area: int = 0
 
     @property
     def block_size(self) -> int:
@@ -80,6 +86,7 @@ class PreparedJob:
     failed: list[dict] = field(default_factory=list)
     pixels_done: int = 0
     label_name: str | None = None  # set when writing INPUT/labels/NAME of an OME-Zarr image
+    object_counts: dict[str, int] | None = None  # --objects: objects per class, once merged
 
     @property
     def complete(self) -> bool:
@@ -112,6 +119,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--as-label", metavar="NAME", help="write into INPUT/labels/NAME of an OME-Zarr image "
                                                       "(OUTPUT is then omitted)")
     g.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    g.add_argument("--objects", action="store_true", help="also label objects (8-connected pixels of one "
+                   "class) with ids unique across the mosaic: OUTPUT/instances, objects.parquet, and "
+                   "objects.geojson for georeferenced inputs")
+    g.add_argument("--object-classes", metavar="C,C", help="classes whose pixels form objects, as indices or "
+                                                           "the checkpoint's class names (default: all but 0)")
+    g.add_argument("--min-area", type=int, default=0, metavar="PX", help="drop objects of fewer pixels "
+                                                                          "(default 0: keep all)")
     g = p.add_argument_group("execution")
     g.add_argument("--block", type=int, help="pixels per block side, a multiple of the chunk (or shard); "
                                              "default 4 chunks")
@@ -146,7 +160,16 @@ def parse_options(argv: Sequence[str]) -> SegmentOptions:
         cpus_per_worker=a.cpus_per_worker, device=a.device, amp=a.amp, probabilities=a.probabilities,
         overwrite=a.overwrite, as_label=a.as_label, input_range=_range(a.input_range),
         storage_options=parse_storage_options(a.storage_option), dry_run=a.dry_run, report=a.report,
-        block_timeout=a.block_timeout, max_retries=a.max_retries, progress=a.progress)
+        block_timeout=a.block_timeout, max_retries=a.max_retries, progress=a.progress, **_object_options(a))
+
+
+def _object_options(a: argparse.Namespace) -> dict:
+    if not a.objects and (a.object_classes is not None or a.min_area):
+        given = "--object-classes" if a.object_classes is not None else "--min-area"
+        raise UNetError(f"{given}: expected together with --objects, found it alone; add --objects")
+    if a.min_area < 0:
+        raise UNetError(f"--min-area: expected a number of pixels >= 0, found {a.min_area}")
+    return {"objects": a.objects, "object_classes": a.object_classes, "min_area": a.min_area}
 
 
 def _pairs(a: argparse.Namespace) -> tuple[tuple[str, str], ...]:
@@ -200,7 +223,8 @@ def read_manifest(url: str, storage_options: dict) -> Iterator[tuple[str, str]]:
 
 # -- preparing a job: validation only, nothing written ---------------------------------------------
 
-def prepare_job(opts: SegmentOptions, pair: tuple[str, str], model: UNet, checkpoint_sha: str) -> PreparedJob:
+def prepare_job(opts: SegmentOptions, pair: tuple[str, str], model: UNet, checkpoint_sha: str,
+                class_names: Sequence[str] = ()) -> PreparedJob:
     in_url, out_url = pair
     so_in = resolve_storage_options(in_url, opts.storage_options)
     so_out = resolve_storage_options(out_url, opts.storage_options)
@@ -218,16 +242,20 @@ def prepare_job(opts: SegmentOptions, pair: tuple[str, str], model: UNet, checkp
     check_block_size(opts.block_size, opts.chunk, opts.shard)
     out = OutputSpec(out_url, source.shape, opts.chunk, opts.shard, model.config.num_classes,
                      opts.probabilities, storage_options=so_out)
+    objects = (objects_spec(out, object_classes(opts.object_classes, class_names), opts.min_area,
+                            affine_transform(source.georef) is not None) if opts.objects else None)
     fingerprint = {"checkpoint_sha256": checkpoint_sha, "input": redact(in_url), "level": opts.level or 0,
                    "axes": opts.axes, "shape": list(source.shape), "chunk": opts.chunk, "shard": opts.shard,
                    "block": opts.block_size, "probabilities": opts.probabilities,
-                   "input_range": list(opts.input_range) if opts.input_range else None}
+                   "input_range": list(opts.input_range) if opts.input_range else None,
+                   "objects": objects.fingerprint if objects else None}
     existing = read_unet_attrs(out)
     if existing is not None and not opts.overwrite:
         _check_resumable(out_url, existing, fingerprint)
-    return PreparedJob(JobSpec(source.spec, out, opts.input_range), source,
-                       BlockPlan(0, source.shape, opts.block_size), fingerprint,
-                       None if opts.overwrite else existing, label_name=opts.as_label)
+    existing = None if opts.overwrite else existing
+    return PreparedJob(JobSpec(source.spec, out, opts.input_range, objects), source,
+                       BlockPlan(0, source.shape, opts.block_size), fingerprint, existing,
+                       label_name=opts.as_label, object_counts=(existing or {}).get("objects"))
 
 
 def check_contract(source: Source, model: UNet, input_range: tuple[float, float] | None) -> None:
@@ -266,7 +294,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     data = read_checkpoint_bytes(opts.checkpoint, resolve_storage_options(opts.checkpoint, opts.storage_options))
     model, metadata = load_checkpoint(data)
     sha = hashlib.sha256(data).hexdigest()
-    jobs = [prepare_job(opts, pair, model, sha) for pair in opts.pairs]
+    class_names = list(metadata.get("class_names") or [f"class {k}" for k in range(model.config.num_classes)])
+    jobs = [prepare_job(opts, pair, model, sha, class_names) for pair in opts.pairs]
     if opts.dry_run:
         print_plan(jobs, model, opts)
         return EXIT_OK
@@ -276,7 +305,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             job.done = done_keys(job.spec.output) if job.existing is not None else set()
             job.pixels_done = sum(b.pixels for b in job.plan if b.key in job.done)
     todo = [job for job in jobs if not job.complete]
-    class_names = list(metadata.get("class_names") or [f"class {k}" for k in range(model.config.num_classes)])
     stats = run_jobs(todo, opts, data, class_names, provenance(opts, model, sha, started)) if todo else {}
     report = build_report(jobs, stats)
     if opts.report:
@@ -328,8 +356,8 @@ def print_plan(jobs: list[PreparedJob], model: UNet, opts: SegmentOptions) -> No
 def build_report(jobs: list[PreparedJob], stats: dict) -> dict:
     outputs = [{"input": redact(j.spec.source.url), "output": redact(j.spec.output.url),
                 "status": "complete" if j.complete or not j.failed else "incomplete",
-                "shape": list(j.source.shape), "blocks": len(j.plan),
-                "failed": j.failed} for j in jobs]
+                "shape": list(j.source.shape), "blocks": len(j.plan), "failed": j.failed,
+                **({"objects": j.object_counts} if j.object_counts is not None else {})} for j in jobs]
     return {"outputs": outputs, "failed_blocks": sum(len(j.failed) for j in jobs), **stats}
 
 
@@ -350,7 +378,11 @@ def summary_line(report: dict) -> str:
     done = sum(o["status"] == "complete" for o in report["outputs"])
     rate = f", {report['mpx_per_s']:.2f} Mpx/s" if "mpx_per_s" in report else ""
     failed = f", {report['failed_blocks']} block(s) failed" if report["failed_blocks"] else ""
-    return f"unet: {done}/{len(report['outputs'])} output(s) complete{rate}{failed}"
+    counts = Counter()
+    for output in report["outputs"]:
+        counts.update(output.get("objects", {}))
+    objects = ", objects: " + ", ".join(f"{n} {name}" for name, n in counts.items()) if counts else ""
+    return f"unet: {done}/{len(report['outputs'])} output(s) complete{rate}{failed}{objects}"
 
 
 if __name__ == "__main__":

@@ -17,9 +17,10 @@ import torch
 from unet.checkpoint import load_checkpoint
 from unet.io.output import OutputSpec, OutputWriter
 from unet.io.source import Source, SourceSpec, open_source
+from unet.objects_job import ObjectsSpec, relabel_block, store_block_objects
 from unet.plan import Block
 from unet.predict import TilePredictor
-from unet.pyramid import halve, mode2x2, owns_next_level
+from unet.pyramid import decimate2x2, halve, mode2x2, owns_next_level
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,7 @@ class JobSpec:
     source: SourceSpec
     output: OutputSpec
     input_range: tuple[float, float] | None = None
+    objects: ObjectsSpec | None = None  # --objects: label connected objects too
 
 
 class BlockRunner:
@@ -61,11 +63,25 @@ class BlockRunner:
         writer.write(0, block.rows, block.cols, labels)
         if writer.probabilities is not None:
             writer.write_probabilities(block.rows, block.cols, probs)
+        if job.objects is not None:
+            store_block_objects(writer, block, labels, probs, job.objects)
         levels = self._write_coarser(writer, block, labels)
         writer.mark_done(block.key)
         t2 = time.perf_counter()
         return {"key": block.key, "pixels": block.pixels, "compute_s": t1 - t0, "write_s": t2 - t1,
                 "levels": levels}
+
+    def relabel(self, job: JobSpec, block: Block, lut: np.ndarray) -> dict:
+        """Second pass of --objects: write a block of the instance image (``job.output``) with global ids,
+        ``lut[local id]``, and its share of the coarser levels, then its own done-marker."""
+        t0 = time.perf_counter()
+        _, writer = self._open(job)
+        ids = relabel_block(writer, block, lut, job.objects)                        # (h, w)
+        writer.write(0, block.rows, block.cols, ids)
+        levels = self._write_coarser(writer, block, ids)
+        writer.mark_done(block.key)
+        return {"key": block.key, "pixels": block.pixels, "compute_s": 0.0,
+                "write_s": time.perf_counter() - t0, "levels": levels}
 
     def downsample(self, job: JobSpec, block: Block) -> dict:
         """Build a block of pyramid level ``block.level`` from the level above it."""
@@ -74,7 +90,7 @@ class BlockRunner:
         above = job.output.level_shapes[block.level - 1]
         rows = (2 * block.rows[0], min(2 * block.rows[1], above[0]))
         cols = (2 * block.cols[0], min(2 * block.cols[1], above[1]))
-        labels = mode2x2(writer.read(block.level - 1, rows, cols))                  # (h, w)
+        labels = _halving(writer.spec)(writer.read(block.level - 1, rows, cols))    # (h, w)
         writer.write(block.level, block.rows, block.cols, labels)
         levels = self._write_coarser(writer, block, labels)
         writer.mark_done(block.key)
@@ -83,10 +99,10 @@ class BlockRunner:
 
     def _write_coarser(self, writer: OutputWriter, block: Block, labels: np.ndarray) -> list[int]:
         """Write the halved block into every coarser level that it owns outright."""
-        shapes, unit = writer.spec.level_shapes, writer.spec.unit
+        shapes, unit, halving = writer.spec.level_shapes, writer.spec.unit, _halving(writer.spec)
         level, rows, cols, written = block.level, block.rows, block.cols, [block.level]
         while level + 1 < len(shapes) and owns_next_level(rows, cols, shapes[level], unit):
-            labels, rows, cols, level = mode2x2(labels), halve(rows), halve(cols), level + 1
+            labels, rows, cols, level = halving(labels), halve(rows), halve(cols), level + 1
             writer.write(level, rows, cols, labels)
             written.append(level)
         return written
@@ -99,6 +115,11 @@ class BlockRunner:
             if job.output not in self._writers:
                 self._writers[job.output] = OutputWriter(job.output)
             return self._sources[job.source], self._writers[job.output]
+
+
+def _halving(spec: OutputSpec):
+    """Class images halve by a 2x2 mode, instance images (object ids) by decimation."""
+    return decimate2x2 if spec.ids else mode2x2
 
 
 def _rescaling_reader(read, input_range: tuple[float, float] | None,

@@ -11,9 +11,10 @@ _PALETTE = [(0, 0, 0, 0), (230, 25, 75, 255), (60, 180, 75, 255), (255, 225, 25,
 
 
 def label_metadata(levels: int, scale: tuple[float, float], translation: tuple[float, float],
-                   units: tuple[str | None, str | None], class_names: list[str], name: str,
+                   units: tuple[str | None, str | None], class_names: list[str] | None, name: str,
                    source_image: str | None = None) -> dict[str, Any]:
-    """The ``ome`` attributes of a label group whose level k is level 0 halved k times by 2x2 blocks."""
+    """The ``ome`` attributes of a label group whose level k is level 0 halved k times by 2x2 blocks.
+    Without ``class_names`` (an instance image: one value per object) no colours or properties are listed."""
     axes = [{"name": axis, "type": "space", **({"unit": unit} if unit else {})}
             for axis, unit in zip("yx", units)]
     datasets = []
@@ -23,7 +24,7 @@ def label_metadata(levels: int, scale: tuple[float, float], translation: tuple[f
             {"type": "scale", "scale": [s * factor for s in scale]},
             {"type": "translation", "translation": [t + (factor - 1) / 2 * s for t, s in zip(translation, scale)]},
         ]})
-    image_label: dict[str, Any] = {
+    image_label: dict[str, Any] = {} if class_names is None else {
         "colors": [{"label-value": v, "rgba": list(_PALETTE[v % len(_PALETTE)])} for v in range(len(class_names))],
         "properties": [{"label-value": v, "class": c} for v, c in enumerate(class_names)],
     }

@@ -38,6 +38,7 @@ class OutputSpec:
     num_classes: int = 2
     probabilities: bool = False
     storage_options: dict = field(default_factory=dict, repr=False, compare=False, hash=False)
+    ids: bool = False  # an instance image of object ids: its pyramid decimates, a mode would mix objects
 
     @property
     def level_shapes(self) -> list[tuple[int, int]]:
@@ -132,7 +133,11 @@ class OutputWriter:
         self.probabilities[:, slice(*rows), slice(*cols)] = probs.astype(np.float16)
 
     def mark_done(self, key: str) -> None:
-        _put(self.fs, posixpath.join(self.path, MARKERS, key), b"")
+        self.put(posixpath.join(MARKERS, key), b"")
+
+    def put(self, relative_path: str, data: bytes) -> None:
+        """Write a small object (a done-marker, a block's summary) at a path inside the output."""
+        _put(self.fs, posixpath.join(self.path, relative_path), data)
 
 
 def done_keys(spec: OutputSpec) -> set[str]:
