@@ -179,7 +179,7 @@ def _finish_objects(job, merged: MergedObjects, class_names: Sequence[str]) -> d
     columns = object_columns(merged, class_names, source.scale, source.translation)
     transform, crs = affine_transform(source.georef), crs_name(source.georef)
     if transform is not None:
-        columns["crs_x"], columns["crs_y"] = transform * (columns["centroid_x"] + 0.5, columns["centroid_y"] + 0.5)
+        columns["crs_x"], columns["crs_y"] = transform @ (columns["centroid_x"] + 0.5, columns["centroid_y"] + 0.5)
     rows = _write_table(job.spec.output, columns, source.units, crs)
     if spec.polygons:
         _write_polygons(job.spec.output, spec.instances, job.plan, rows, transform, crs)
