@@ -24,8 +24,8 @@ def affine_transform(georef: Mapping[str, Any]) -> Affine | None:
         if _numbers(georef.get(key), 6, 9):
             return Affine(*georef[key][:6])
     gdal = georef.get("GeoTransform", georef.get("geotransform"))
-    if isinstance(gdal, str):
-        gdal = [float(v) for v in gdal.replace(",", " ").split()]
+    if isinstance(gdal, str):  # GDAL's Zarr driver writes "c a b f d e" as one string
+        gdal = _floats(gdal.replace(",", " ").split())
     if _numbers(gdal, 6):
         return Affine.from_gdal(*gdal)
     return _geotiff_transform(georef.get("geotiff", {}))
@@ -59,6 +59,13 @@ def _geotiff_transform(tags: Mapping[str, Any]) -> Affine | None:
         col, row, _, x, y, _ = tie[:6]
         return Affine(scale[0], 0.0, x - col * scale[0], 0.0, -scale[1], y + row * scale[1])
     return None
+
+
+def _floats(words: list[str]) -> list[float] | None:
+    try:
+        return [float(w) for w in words]
+    except ValueError:
+        return None
 
 
 def _numbers(value: Any, least: int, most: int | None = None) -> bool:
