@@ -1,0 +1,76 @@
+"""What --objects costs: the segmentation job on the benchmark mosaic with and without it, side by side.
+
+    python benchmarks/objects.py [--size MPX] [--repeats N] [--out benchmarks/results/objects.json]
+
+The target (issue 7) is at most 20% more time. Runs alternate (plain, objects, plain, ...) so that a
+change of load on the machine hits both; the table shows each run and the ratio of the medians. Uses the
+mosaic, model and tile of benchmarks/run.py; not run in CI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run import BENCH_NET, CHUNK, aligned_tile, checkpoint_path, load, machine, make_model, mosaic_side, save_model, write_mosaic  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results" / "objects.json"
+
+
+def run_once(mosaic: Path, checkpoint: Path, tmp: Path, block: int, tile: int, objects: bool) -> dict:
+    """One in-process run of the job; its wall time (driver included: merge, table) and object counts."""
+    from unet.segment import main
+
+    out, report = tmp / "out.zarr", tmp / "report.json"
+    argv = [str(mosaic), str(out), "--checkpoint", str(checkpoint), "--chunk", str(CHUNK), "--block", str(block),
+            "--tile", str(tile), "--no-progress", "--report", str(report), *(["--objects"] if objects else [])]
+    started = time.perf_counter()
+    if main(argv) != 0:
+        raise RuntimeError(f"segment.main failed: {' '.join(argv)}")
+    seconds = time.perf_counter() - started
+    r = json.loads(report.read_text())
+    shutil.rmtree(out)
+    return {"objects": objects, "seconds": round(seconds, 2), "job_seconds": round(r["seconds"], 2),
+            "counts": r["outputs"][0].get("objects"), "load": load()}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--size", type=float, default=16.0, help="mosaic in Mpx (default 16)")
+    p.add_argument("--block", type=int, default=2048, help="block side in px (default 2048)")
+    p.add_argument("--repeats", type=int, default=2, help="runs of each kind (default 2)")
+    p.add_argument("--out", type=Path, default=RESULTS, help="JSON results")
+    a = p.parse_args(argv)
+    model = make_model(**BENCH_NET)
+    tile = aligned_tile(model, 512)
+    runs = []
+    with tempfile.TemporaryDirectory() as name:
+        tmp = Path(name)
+        mosaic = tmp / "mosaic.zarr"
+        write_mosaic(mosaic, mosaic_side(a.size))
+        save_model(model, tmp)
+        for _ in range(a.repeats):
+            for objects in (False, True):
+                runs.append(run_once(mosaic, checkpoint_path(model, tmp), tmp, a.block, tile, objects))
+                print(json.dumps(runs[-1]), file=sys.stderr)
+    plain = statistics.median(r["job_seconds"] for r in runs if not r["objects"])
+    with_objects = statistics.median(r["job_seconds"] for r in runs if r["objects"])
+    result = {"machine": machine(), "mpx": mosaic_side(a.size) ** 2 / 1e6, "block": a.block, "tile": tile,
+              "runs": runs, "ratio": with_objects / plain}
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(json.dumps(result, indent=2))
+    print(f"| mosaic | block | plain (s) | --objects (s) | ratio |\n| --- | --- | --- | --- | --- |\n"
+          f"| {result['mpx']:.0f} Mpx | {a.block} | {plain:.1f} | {with_objects:.1f} | {result['ratio']:.2f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
