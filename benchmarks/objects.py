@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import sys
@@ -49,6 +50,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=2, help="runs of each kind (default 2)")
     p.add_argument("--out", type=Path, default=RESULTS, help="JSON results")
     a = p.parse_args(argv)
+    import ray
+
+    # a cluster of our own: "auto" would join whatever Ray runs on this node, with its code and its load
+    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     model = make_model(**BENCH_NET)
     tile = aligned_tile(model, 512)
     runs = []
@@ -61,6 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for objects in (False, True):
                 runs.append(run_once(mosaic, checkpoint_path(model, tmp), tmp, a.block, tile, objects))
                 print(json.dumps(runs[-1]), file=sys.stderr)
+    ray.shutdown()
     plain = statistics.median(r["job_seconds"] for r in runs if not r["objects"])
     with_objects = statistics.median(r["job_seconds"] for r in runs if r["objects"])
     result = {"machine": machine(), "mpx": mosaic_side(a.size) ** 2 / 1e6, "block": a.block, "tile": tile,

@@ -28,7 +28,7 @@ from scipy.sparse.csgraph import connected_components
 
 EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 FACES = ("top", "bottom", "left", "right")
-_STATS = ("classes", "area", "sum_y", "sum_x", "first_y", "first_x", "y0", "x0", "y1", "x1", "sum_prob")
+_STATS = ("classes", "area", "sum_y", "sum_x", "first_x", "y0", "x0", "y1", "x1", "sum_prob")
 
 
 @dataclass(frozen=True)
@@ -42,8 +42,7 @@ class BlockObjects:
     area: np.ndarray       # (n,) int64: pixels
     sum_y: np.ndarray      # (n,) int64: sum of the pixels' row indices
     sum_x: np.ndarray      # (n,) int64: sum of the pixels' column indices
-    first_y: np.ndarray    # (n,) int64: the object's first pixel in raster order (row ...
-    first_x: np.ndarray    # (n,) int64: ... and column)
+    first_x: np.ndarray    # (n,) int64: column of the object's first pixel in raster order (its row is y0)
     y0: np.ndarray         # (n,) int64: bounding box, rows y0:y1 ...
     x0: np.ndarray         # (n,) int64
     y1: np.ndarray         # (n,) int64
@@ -103,21 +102,26 @@ def summarize(local: np.ndarray, classes: np.ndarray, probability: np.ndarray,
     ids = flat[fg]
     fy, fx = np.divmod(fg, local.shape[1])                                      # block coordinates
     area = np.bincount(ids, minlength=n + 1)[1:]
-    first = np.full(n + 1, flat.size, dtype=np.int64)
-    np.minimum.at(first, ids, fg)                                               # first pixel per id
-    boxes = ndimage.find_objects(local, max_label=n)
+    first, last = _reduce_at(np.minimum, ids, fg, n, flat.size), _reduce_at(np.maximum, ids, fg, n, -1)
     y0, x0 = rows[0], cols[0]
     return BlockObjects(
         rows=rows, cols=cols, classes=classes, area=area.astype(np.int64),
         sum_y=_int_sums(ids, fy, n) + y0 * area, sum_x=_int_sums(ids, fx, n) + x0 * area,
-        first_y=first[1:] // local.shape[1] + y0, first_x=first[1:] % local.shape[1] + x0,
-        y0=np.array([b[0].start for b in boxes], dtype=np.int64) + y0,
-        x0=np.array([b[1].start for b in boxes], dtype=np.int64) + x0,
-        y1=np.array([b[0].stop for b in boxes], dtype=np.int64) + y0,
-        x1=np.array([b[1].stop for b in boxes], dtype=np.int64) + x0,
+        first_x=first % local.shape[1] + x0,
+        y0=first // local.shape[1] + y0, y1=last // local.shape[1] + 1 + y0,    # raster order: rows are sorted
+        x0=_reduce_at(np.minimum, ids, fx, n, local.shape[1]) + x0,
+        x1=_reduce_at(np.maximum, ids, fx, n, -1) + 1 + x0,
         sum_prob=np.bincount(ids, weights=probability.ravel()[fg], minlength=n + 1)[1:],
         faces={name: _sparse(face) for name, face in
                zip(FACES, (local[0], local[-1], local[:, 0], local[:, -1]))})
+
+
+def _reduce_at(ufunc: np.ufunc, ids: np.ndarray, values: np.ndarray, n: int, start: int) -> np.ndarray:
+    """Per-id minimum or maximum of ``values`` for ids 1..n (numpy's unbuffered ufunc.at: one pass, no
+    sort, no slice object per id as ``ndimage.find_objects`` makes)."""
+    out = np.full(n + 1, start, dtype=np.int64)
+    ufunc.at(out, ids, values)
+    return out[1:]
 
 
 def _int_sums(ids: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
@@ -170,7 +174,7 @@ def merge_blocks(blocks: Sequence[BlockObjects], min_area: int = 0) -> MergedObj
 def _totals(component: np.ndarray, stats: dict, min_area: int) -> tuple[dict, np.ndarray]:
     """Per-component totals of the components of at least ``min_area`` pixels, in raster order of their
     first pixel; ``order`` lists those components in that (id) order."""
-    nodes = np.lexsort((stats["first_x"], stats["first_y"], component))      # by component, then first pixel
+    nodes = np.lexsort((stats["first_x"], stats["y0"], component))           # by component, then first pixel
     starts = np.flatnonzero(np.r_[True, np.diff(component[nodes]) != 0]) if len(nodes) else np.zeros(0, int)
 
     def total(name: str, ufunc: np.ufunc = np.add) -> np.ndarray:
@@ -178,7 +182,7 @@ def _totals(component: np.ndarray, stats: dict, min_area: int) -> tuple[dict, np
 
     area = total("area")
     kept = np.flatnonzero(area >= min_area)
-    first_y, first_x = stats["first_y"][nodes[starts]], stats["first_x"][nodes[starts]]
+    first_y, first_x = stats["y0"][nodes[starts]], stats["first_x"][nodes[starts]]
     order = kept[np.lexsort((first_x[kept], first_y[kept]))]
     table = {"id": np.arange(1, len(order) + 1, dtype=np.int64),
              "class": stats["classes"][nodes[starts]][order].astype(np.uint8), "area": area[order],

@@ -26,6 +26,7 @@ import posixpath
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 import zarr
@@ -37,6 +38,9 @@ from unet.io.output import OutputSpec, OutputWriter, done_keys, filesystem, writ
 from unet.io.urls import open_store
 from unet.objects import BlockObjects, MergedObjects, id_dtype, label_block, merge_blocks, object_columns
 from unet.plan import Block, BlockPlan
+
+if TYPE_CHECKING:  # the worker module imports this one
+    from unet.worker import JobSpec
 
 INSTANCES = "instances"
 LOCAL, SUMMARIES, SHAPES = "_unet/local", "_unet/objects", "_unet/shapes"
@@ -98,7 +102,7 @@ def relabel_block(writer: OutputWriter, block: Block, lut: np.ndarray, spec: Obj
     whose pieces the driver unions per object: a block yields one polygon per local object.
     """
     local = writer.group[LOCAL][slice(*block.rows), slice(*block.cols)]             # (h, w) int32
-    if spec.polygons:
+    if spec.polygons:  # GDAL loads only for georeferenced inputs
         from affine import Affine
         from rasterio.features import shapes
 
@@ -125,7 +129,7 @@ def create_instances(spec: ObjectsSpec) -> None:
 class RelabelJob:
     """The relabelling pass of one output, shaped like a prepared job for the driver's rounds."""
 
-    spec: object                   # the job's JobSpec with the instance image as its output
+    spec: JobSpec                  # the job's own, with the instance image as its output
     plan: BlockPlan
     luts: dict[str, np.ndarray]    # block key -> global id of each local id
     merged: MergedObjects

@@ -22,10 +22,10 @@ import numpy as np
 from unet.checkpoint import load_checkpoint, read_checkpoint_bytes
 from unet.cli import EXIT_OK, add_debug_flag, run
 from unet.errors import UNetError
+from unet.io.georef import affine_transform
 from unet.io.output import OutputSpec, check_writable, done_keys, read_unet_attrs
 from unet.io.source import Source, SourceSpec, open_source
 from unet.io.urls import is_inside, parse_storage_options, redact, resolve_storage_options
-from unet.io.georef import affine_transform
 from unet.model import UNet
 from unet.objects_job import object_classes, objects_spec
 from unet.plan import BlockPlan, check_block_size
@@ -224,7 +224,7 @@ def read_manifest(url: str, storage_options: dict) -> Iterator[tuple[str, str]]:
 # -- preparing a job: validation only, nothing written ---------------------------------------------
 
 def prepare_job(opts: SegmentOptions, pair: tuple[str, str], model: UNet, checkpoint_sha: str,
-                class_names: Sequence[str] = ()) -> PreparedJob:
+                class_names: Sequence[str]) -> PreparedJob:
     in_url, out_url = pair
     so_in = resolve_storage_options(in_url, opts.storage_options)
     so_out = resolve_storage_options(out_url, opts.storage_options)
