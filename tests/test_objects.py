@@ -66,6 +66,9 @@ def test_instances_and_table_equal_whole_image_labelling(checkpoint, mosaic, tmp
     for name, column in expected.items():
         np.testing.assert_allclose(table[name], column, rtol=1e-5, err_msg=name)
     assert table["class_name"] == [CLASSES[c] for c in table["class"]]
+    crossing = [(y0 // block, x0 // block) != ((y1 - 1) // block, (x1 - 1) // block) for y0, x0, y1, x1 in
+                zip(table["bbox_y0"], table["bbox_x0"], table["bbox_y1"], table["bbox_x1"])]
+    assert sum(crossing) >= 10  # the seams are put to the test
     report = json.loads((tmp_path / "r.json").read_text())
     counts = report["outputs"][0]["objects"]
     assert counts == {name: table["class"].count(c) for c, name in enumerate(CLASSES) if c}
@@ -73,11 +76,14 @@ def test_instances_and_table_equal_whole_image_labelling(checkpoint, mosaic, tmp
     assert zarr.open_group(str(out)).attrs["unet"]["status"] == "complete"
 
 
-def test_pyramid_and_metadata_of_instances(checkpoint, mosaic, tmp_path):
+def test_pyramid_and_metadata_of_instances(checkpoint, mosaic, tmp_path, capsys):
     _, ckpt = checkpoint
     _, probs, root = mosaic
-    out = tmp_path / "out.zarr"
-    assert segment(root / "mosaic.zarr", out, "--checkpoint", ckpt, "--chunk", 32, "--block", 32, "--objects") == 0
+    out, args = tmp_path / "out.zarr", ("--checkpoint", ckpt, "--chunk", 32, "--block", 32, "--objects")
+    assert segment(root / "mosaic.zarr", out, *args) == 0
+    counts = capsys.readouterr().err.split("objects: ")[1]
+    assert segment(root / "mosaic.zarr", out, *args) == 0  # complete: nothing runs, the counts are recalled
+    assert capsys.readouterr().err.split("objects: ")[1] == counts
     group = zarr.open_group(str(out / "instances"), mode="r")
     datasets = group.attrs["ome"]["multiscales"][0]["datasets"]
     level0 = group["0"][:]
