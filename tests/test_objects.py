@@ -15,6 +15,7 @@ import torch
 import zarr
 from test_objects_merge import assert_same_objects, by_first_pixel, reference_table, whole_image_reference
 from test_segment import segment
+from test_segment_inputs import write_ome_image
 
 from unet import UNet, predict_image, save_checkpoint
 
@@ -210,3 +211,20 @@ def test_s3_output(checkpoint, mosaic, s3_server, s3_bucket):
     with fs.open(f"{out}/objects.parquet", "rb") as f:
         assert pq.read_table(f).num_rows == group["instances/0"][:].max()
     assert len(json.loads(fs.cat_file(f"{out}/objects.geojson"))["features"]) == group["instances/0"][:].max()
+
+
+def test_as_label_with_physical_units(checkpoint, tmp_path):
+    """Into an OME-Zarr image's labels: the table's physical columns follow the image's pixel size."""
+    model, ckpt = checkpoint
+    image = np.random.default_rng(4).random((90, 110), dtype=np.float32)
+    ome = tmp_path / "image.zarr"
+    write_ome_image(ome, image)
+    assert segment(ome, "--as-label", "cells", "--checkpoint", ckpt, "--chunk", 32, "--block", 64, "--objects") == 0
+    labels = ome / "labels" / "cells"
+    level0 = zarr.open_array(str(labels / "instances" / "0"))[:].astype(np.int64)
+    np.testing.assert_array_equal(level0, expected_instances(predict_image(model, image)))
+    table = pq.read_table(labels / "objects.parquet")
+    assert json.loads(table.schema.metadata[b"unet"])["units"] == {"y": "micrometer", "x": "micrometer"}
+    columns = table.to_pydict()
+    np.testing.assert_allclose(columns["area"], np.array(columns["area_px"]) * 0.5 * 0.25)
+    np.testing.assert_allclose(columns["centroid_x_physical"], np.array(columns["centroid_x"]) * 0.25)
