@@ -184,18 +184,18 @@ def _finish_objects(job, merged: MergedObjects, class_names: Sequence[str]) -> d
     transform, crs = affine_transform(source.georef), crs_name(source.georef)
     if transform is not None:
         columns["crs_x"], columns["crs_y"] = transform @ (columns["centroid_x"] + 0.5, columns["centroid_y"] + 0.5)
-    rows = _write_table(job.spec.output, columns, source.units, crs)
+    table = _write_table(job.spec.output, columns, source.units, crs)
     if spec.polygons:
-        _write_polygons(job.spec.output, spec.instances, job.plan, rows, transform, crs)
+        _write_polygons(job.spec.output, spec.instances, job.plan, table.to_pylist(), transform, crs)
     write_ome_metadata(spec.instances, label_metadata(len(spec.instances.level_shapes), source.scale,
                                                       source.translation, source.units, None, name=INSTANCES))
     counts = Counter(columns["class_name"].tolist())
     return {name: counts.get(name, 0) for name in (class_names[c] for c in spec.classes)}
 
 
-def _write_table(out: OutputSpec, columns: dict[str, np.ndarray], units, crs: str | None) -> list[dict]:
+def _write_table(out: OutputSpec, columns: dict[str, np.ndarray], units, crs: str | None):
     """objects.parquet, with the units of the physical columns and the CRS in the schema metadata; returns
-    the rows as plain Python values."""
+    the pyarrow table."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -206,7 +206,7 @@ def _write_table(out: OutputSpec, columns: dict[str, np.ndarray], units, crs: st
     fs, path = filesystem(out.url, out.storage_options)
     with fs.open(posixpath.join(path, TABLE), "wb") as f:
         pq.write_table(table, f)
-    return table.to_pylist()
+    return table
 
 
 def _write_polygons(out: OutputSpec, instances: OutputSpec, plan: BlockPlan, rows: list[dict], transform,
