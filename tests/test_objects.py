@@ -9,10 +9,12 @@ import json
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import rasterio
 import s3fs
 import shapely
 import torch
 import zarr
+from affine import Affine
 from test_objects_merge import assert_same_objects, by_first_pixel, reference_table, whole_image_reference
 from test_segment import segment
 from test_segment_inputs import write_ome_image
@@ -21,6 +23,7 @@ from unet import UNet, predict_image, save_checkpoint
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 CLASSES = ["background", "cell", "debris"]
+UTM = Affine(10.0, 0.0, 500000.0, 0.0, -10.0, 4000000.0)
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +43,10 @@ def mosaic(tmp_path_factory, checkpoint):
     root = tmp_path_factory.mktemp("in")
     zarr.create_array(str(root / "mosaic.zarr"), data=image, chunks=(50, 60))
     geo = zarr.create_array(str(root / "geo.zarr"), data=image, chunks=(50, 60))
-    geo.attrs.update({"crs": "EPSG:32633", "transform": [10.0, 0.0, 500000.0, 0.0, -10.0, 4000000.0]})
+    geo.attrs.update({"crs": "EPSG:32633", "transform": list(UTM)[:6]})
+    with rasterio.open(root / "geo.tif", "w", driver="GTiff", width=image.shape[1], height=image.shape[0],
+                       count=1, dtype="float32", crs="EPSG:32633", transform=UTM) as tif:
+        tif.write(image[None])
     return image, predict_image(checkpoint[0], image), root
 
 
@@ -107,11 +113,12 @@ def test_object_classes_by_name_and_min_area(checkpoint, mosaic, tmp_path):
     assert set(table["class"]) == {2} and min(table["area_px"]) >= 3
 
 
-def test_georeferenced_input_gets_outlines_in_its_crs(checkpoint, mosaic, tmp_path):
+@pytest.mark.parametrize("name", ["geo.zarr", "geo.tif"])
+def test_georeferenced_input_gets_outlines_in_its_crs(checkpoint, mosaic, tmp_path, name):
     _, ckpt = checkpoint
     _, probs, root = mosaic
     out = tmp_path / "out.zarr"
-    assert segment(root / "geo.zarr", out, "--checkpoint", ckpt, "--chunk", 32, "--block", 32, "--objects") == 0
+    assert segment(root / name, out, "--checkpoint", ckpt, "--chunk", 32, "--block", 32, "--objects") == 0
     collection = json.loads((out / "objects.geojson").read_text())
     table = pq.read_table(out / "objects.parquet").to_pydict()
     assert collection["crs"]["properties"]["name"] == "urn:ogc:def:crs:EPSG::32633"
