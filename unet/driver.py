@@ -136,11 +136,13 @@ def _run_round(scheduler: Scheduler, jobs: list, method: str, plan_of, progress:
                 continue
             for block in plan_of(job):
                 if block.key not in job.done:
-                    yield Task(method, (job.spec, block), (index, block))
+                    yield Task(_method(job, block, method), (job.spec, block), (index, block))
 
     def done(task: Task, stats: dict) -> None:
         index, block = task.tag
         jobs[index].done.add(block.key)
+        if stats.get("skipped"):
+            jobs[index].skipped[stats["skipped"]] += 1
         if progress is not None:
             progress.update(block.pixels)
 
@@ -151,6 +153,13 @@ def _run_round(scheduler: Scheduler, jobs: list, method: str, plan_of, progress:
         log.error("unet: %s of %s failed: %s", block.describe(), redact(jobs[index].spec.output.url), reason)
 
     scheduler.run(tasks(), done, failed)
+
+
+def _method(job, block, method: str) -> str:
+    """Level-0 blocks outside the job's region of interest are written as background, not segmented."""
+    if method == "segment" and job.roi is not None and not job.roi.covers(block):
+        return "background"
+    return method
 
 
 def _run_pyramids(scheduler: Scheduler, jobs: list) -> None:

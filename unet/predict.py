@@ -96,8 +96,7 @@ class TilePredictor:
         ys = tile_origins(*rows, self.out_tile, self.grid)
         xs = tile_origins(*cols, self.out_tile, self.grid)
         wy, wx = ys[0] - self.before, xs[0] - self.before      # window origin in image coordinates
-        window = read_mirrored(read, shape, (wy, ys[-1] - self.before + self.tile),
-                               (wx, xs[-1] - self.before + self.tile))  # (C, wh, ww)
+        window = read_mirrored(read, shape, *self.input_window(rows, cols))  # (C, wh, ww)
         check_pixels(window, self.config.in_channels)
         out = np.empty((self.config.num_classes, rows[1] - rows[0], cols[1] - cols[0]), np.float32)
         for batch in _batches(itertools.product(ys, xs), self.batch_size):
@@ -108,6 +107,14 @@ class TilePredictor:
             for (y, x), p in zip(batch, probs):
                 _paste(out, p, (y - rows[0], x - cols[0]))
         return out
+
+    def input_window(self, rows: tuple[int, int], cols: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
+        """The input rows and cols (image coordinates, may leave the image) that ``predict_region`` reads
+        for the output rectangle rows x cols: the union of its tiles' inputs."""
+        ys = tile_origins(*rows, self.out_tile, self.grid)
+        xs = tile_origins(*cols, self.out_tile, self.grid)
+        return ((ys[0] - self.before, ys[-1] - self.before + self.tile),
+                (xs[0] - self.before, xs[-1] - self.before + self.tile))
 
     @torch.inference_mode()
     def forward(self, tiles: np.ndarray) -> np.ndarray:

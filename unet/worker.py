@@ -7,6 +7,7 @@ passes themselves are serialised by the predictor.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from dataclasses import dataclass
@@ -19,7 +20,9 @@ from unet.io.output import OutputSpec, OutputWriter
 from unet.io.source import Source, SourceSpec, open_source
 from unet.plan import Block
 from unet.predict import TilePredictor
+from unet.tiling import Reader
 from unet.pyramid import halve, mode2x2, owns_next_level
+from unet.skip import EmptyBlocks
 
 
 @dataclass(frozen=True)
@@ -45,27 +48,48 @@ class BlockRunner:
         self.contract = model.config.input
         self.predictor = TilePredictor(model, tile=tile, batch_size=batch_size, device=device, amp=amp,
                                        image_shape=(block, block) if block else None)
+        self.empty = EmptyBlocks(self.predictor)
         self._lock = threading.Lock()
         self._sources: dict[SourceSpec, Source] = {}
         self._writers: dict[OutputSpec, OutputWriter] = {}
 
     def segment(self, job: JobSpec, block: Block) -> dict:
         """Predict a level-0 block, write its classes (and probabilities), its share of the coarser
-        levels, then its done-marker. Returns small stats, never pixels."""
+        levels, then its done-marker. A block whose input is all fill value is not run through the network
+        (``unet.skip``). Returns small stats, never pixels."""
         t0 = time.perf_counter()
         source, writer = self._open(job)
-        read = _rescaling_reader(source.read, job.input_range, self.contract.value_range)
-        probs = self.predictor.predict_region(read, source.shape, block.rows, block.cols)  # (K, h, w)
+        wrap = functools.partial(_rescaling_reader, input_range=job.input_range,
+                                 trained_range=self.contract.value_range)
+        probs = self.empty.prediction(source, block.rows, block.cols, wrap)         # (K, h, w) or None
+        skipped = "empty" if probs is not None else None
+        if probs is None:
+            probs = self.predictor.predict_region(wrap(source.read), source.shape, block.rows, block.cols)
         t1 = time.perf_counter()
+        levels = self._write_prediction(writer, block, probs)
+        return {"key": block.key, "pixels": block.pixels, "compute_s": t1 - t0,
+                "write_s": time.perf_counter() - t1, "levels": levels, "skipped": skipped}
+
+    def background(self, job: JobSpec, block: Block) -> dict:
+        """Write a level-0 block outside the region of interest as background (class 0; probability 1
+        for class 0 when probabilities are written), without reading its input."""
+        t0 = time.perf_counter()
+        _, writer = self._open(job)
+        one_hot = np.eye(job.output.num_classes, 1, dtype=np.float32)[:, :, None]  # (K, 1, 1)
+        probs = np.broadcast_to(one_hot, (job.output.num_classes, *block.shape))  # (K, h, w)
+        levels = self._write_prediction(writer, block, probs)
+        return {"key": block.key, "pixels": block.pixels, "compute_s": 0.0,
+                "write_s": time.perf_counter() - t0, "levels": levels, "skipped": "roi"}
+
+    def _write_prediction(self, writer: OutputWriter, block: Block, probs: np.ndarray) -> list[int]:
+        """Write a level-0 block's classes, probabilities and coarser levels, then its done-marker."""
         labels = probs.argmax(axis=0).astype(np.uint8)                              # (h, w)
         writer.write(0, block.rows, block.cols, labels)
         if writer.probabilities is not None:
             writer.write_probabilities(block.rows, block.cols, probs)
         levels = self._write_coarser(writer, block, labels)
         writer.mark_done(block.key)
-        t2 = time.perf_counter()
-        return {"key": block.key, "pixels": block.pixels, "compute_s": t1 - t0, "write_s": t2 - t1,
-                "levels": levels}
+        return levels
 
     def downsample(self, job: JobSpec, block: Block) -> dict:
         """Build a block of pyramid level ``block.level`` from the level above it."""
@@ -101,8 +125,8 @@ class BlockRunner:
             return self._sources[job.source], self._writers[job.output]
 
 
-def _rescaling_reader(read, input_range: tuple[float, float] | None,
-                      trained_range: tuple[float, float] | None):
+def _rescaling_reader(read: Reader, input_range: tuple[float, float] | None,
+                      trained_range: tuple[float, float] | None) -> Reader:
     """Wrap ``read`` to map [lo, hi] of this input linearly onto the model's trained value range."""
     if input_range is None or trained_range is None:
         return read
