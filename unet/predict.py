@@ -146,6 +146,19 @@ def predict_image(model: UNet, image: np.ndarray, *, tile: int | None = None, ba
     return predictor.predict_region(lambda r, c: image[:, r, c], (h, w), (0, h), (0, w))
 
 
+def class_index(probs: np.ndarray) -> np.ndarray:
+    """The most probable class (h, w) uint8 of (K, h, w) probabilities, the first one on ties: one pass per
+    class, a few times faster than numpy's argmax along a leading axis."""
+    labels = np.zeros(probs.shape[1:], np.uint8)                                 # (h, w)
+    best = probs[0]
+    for k in range(1, len(probs)):
+        better = probs[k] > best
+        np.copyto(labels, np.uint8(k), where=better)
+        if k < len(probs) - 1:
+            best = np.where(better, probs[k], best)
+    return labels
+
+
 def as_chw(image: np.ndarray, channels: int) -> np.ndarray:
     """View an (H, W) or (C, H, W) array as (C, H, W), checking it against the model's channel count."""
     image = np.asarray(image)

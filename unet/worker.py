@@ -19,7 +19,7 @@ from unet.checkpoint import load_checkpoint
 from unet.io.output import OutputSpec, OutputWriter
 from unet.io.source import Source, SourceSpec, open_source
 from unet.plan import Block
-from unet.predict import TilePredictor
+from unet.predict import TilePredictor, class_index
 from unet.tiling import Reader
 from unet.pyramid import halve, mode2x2, owns_next_level
 from unet.skip import EmptyBlocks
@@ -83,7 +83,7 @@ class BlockRunner:
 
     def _write_prediction(self, writer: OutputWriter, block: Block, probs: np.ndarray) -> list[int]:
         """Write a level-0 block's classes, probabilities and coarser levels, then its done-marker."""
-        labels = probs.argmax(axis=0).astype(np.uint8)                              # (h, w)
+        labels = class_index(probs)                                                 # (h, w)
         writer.write(0, block.rows, block.cols, labels)
         if writer.probabilities is not None:
             writer.write_probabilities(block.rows, block.cols, probs)
