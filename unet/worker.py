@@ -58,17 +58,23 @@ class BlockRunner:
         levels, then its done-marker. A block whose input is all fill value is not run through the network
         (``unet.skip``). Returns small stats, never pixels."""
         t0 = time.perf_counter()
+        self.predictor.take_time_spent()  # forget what a failed call of this thread may have left
         source, writer = self._open(job)
         wrap = functools.partial(_rescaling_reader, input_range=job.input_range,
                                  trained_range=self.contract.value_range)
         probs = self.empty.prediction(source, block.rows, block.cols, wrap)         # (K, h, w) or None
         skipped = "empty" if probs is not None else None
-        if probs is None:
+        labels = None
+        if probs is None and writer.probabilities is None:
+            labels = self.predictor.predict_classes(wrap(source.read), source.shape, block.rows, block.cols)
+        elif probs is None:
             probs = self.predictor.predict_region(wrap(source.read), source.shape, block.rows, block.cols)
         t1 = time.perf_counter()
-        levels = self._write_prediction(writer, block, probs)
+        levels = self._write_prediction(writer, block, class_index(probs) if labels is None else labels, probs)
+        network_s, network_cpu_s = self.predictor.take_time_spent()
         return {"key": block.key, "pixels": block.pixels, "compute_s": t1 - t0,
-                "write_s": time.perf_counter() - t1, "levels": levels, "skipped": skipped}
+                "write_s": time.perf_counter() - t1, "levels": levels, "skipped": skipped,
+                "network_s": network_s, "network_cpu_s": network_cpu_s}
 
     def background(self, job: JobSpec, block: Block) -> dict:
         """Write a level-0 block outside the region of interest as background (class 0; probability 1
@@ -77,13 +83,14 @@ class BlockRunner:
         _, writer = self._open(job)
         one_hot = np.eye(job.output.num_classes, 1, dtype=np.float32)[:, :, None]  # (K, 1, 1)
         probs = np.broadcast_to(one_hot, (job.output.num_classes, *block.shape))  # (K, h, w)
-        levels = self._write_prediction(writer, block, probs)
+        levels = self._write_prediction(writer, block, np.zeros(block.shape, np.uint8), probs)
         return {"key": block.key, "pixels": block.pixels, "compute_s": 0.0,
                 "write_s": time.perf_counter() - t0, "levels": levels, "skipped": "roi"}
 
-    def _write_prediction(self, writer: OutputWriter, block: Block, probs: np.ndarray) -> list[int]:
-        """Write a level-0 block's classes, probabilities and coarser levels, then its done-marker."""
-        labels = class_index(probs)                                                 # (h, w)
+    def _write_prediction(self, writer: OutputWriter, block: Block, labels: np.ndarray,
+                          probs: np.ndarray | None) -> list[int]:
+        """Write a level-0 block's classes, probabilities (when the output has them) and coarser levels,
+        then its done-marker."""
         writer.write(0, block.rows, block.cols, labels)
         if writer.probabilities is not None:
             writer.write_probabilities(block.rows, block.cols, probs)
