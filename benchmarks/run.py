@@ -40,6 +40,7 @@ TRIVIAL_NET = dict(depth=2, base_channels=1)
 PAPER_NET = dict(depth=5, base_channels=64)
 PAPER_TILE = 572
 TINY_BLOCK = 32                    # the scheduling-overhead job: one 32-px chunk per block
+GPU = {"name": "A10G (AWS g5)", "bf16_tflops": 70.0, "utilisation": 0.4}  # dense bf16 tensor peak; realistic share
 
 
 @dataclass(frozen=True)
@@ -403,6 +404,19 @@ def measure_peers(tmp: Path, tile: int, ours: list[dict]) -> list[dict]:
     return rows
 
 
+def gpu_estimate(net: dict, tile: int) -> dict:
+    """Expected GPU throughput of a network from its FLOP count (2 per multiply-add, on the meta device):
+    output Mpx/s = peak x utilisation / FLOP per output pixel. Arithmetic, not a measurement."""
+    from unet.plan import network_flops
+
+    model = make_model(**net)
+    flops = network_flops(model, tile)
+    per_px = flops / model.output_size(tile) ** 2
+    rate = GPU["bf16_tflops"] * 1e12 * GPU["utilisation"] / per_px / 1e6
+    return {**GPU, "net": net, "tile": tile, "gflop_per_tile": flops / 1e9, "mflop_per_px": per_px / 1e6,
+            "mpx_per_s": rate, "hours_per_1e10_px": 1e10 / (rate * 1e6) / 3600}
+
+
 def measure_paper(cfg: BenchConfig) -> dict:
     """The paper's network on its own tile."""
     r = network_rate(make_model(**PAPER_NET), PAPER_TILE, cfg.paper_tiles)
@@ -440,6 +454,11 @@ def table(res: dict) -> str:
     p = res["paper_network"]
     rows.append(("-", f"paper's network (depth 5, 64 filters), network only, tile {p['tile']} -> {p['out_tile']}",
                  f"{p['mpx_per_s']:.3f}", f"{p['gflop_per_s']:.0f} GFLOP/s"))
+    for g in res["gpu_estimates"]:
+        rows.append(("-", f"expected on one {g['name']}: depth {g['net']['depth']}, {g['net']['base_channels']} filters, "
+                          f"tile {g['tile']} (arithmetic, not measured)", f"{g['mpx_per_s']:.0f}",
+                     f"{g['gflop_per_tile']:.1f} GFLOP per tile = {g['mflop_per_px']:.2f} MFLOP per output px; "
+                     f"{g['bf16_tflops']:g} TFLOP/s bf16 x {g['utilisation']:.0%}; 10^10 px in {g['hours_per_1e10_px']:.2f} h"))
     o = res["overhead"]
     rows.append(("-", f"scheduling overhead: {o['tasks']} tasks ({o['blocks']} blocks of {TINY_BLOCK} px and their pyramid)",
                  "", f"**{o['ms_per_task']:.1f} ms per task** wall, {o['cpu_ms_per_task']:.1f} CPU-ms per task"))
@@ -477,6 +496,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             results["driver_memory"] = measure_memory(cfg, tmp)
             results["peers"] = measure_peers(tmp, tile, results["block_sizes"])
             results["paper_network"] = measure_paper(cfg)
+            results["gpu_estimates"] = [gpu_estimate(PAPER_NET, PAPER_TILE), gpu_estimate(BENCH_NET, tile)]
     finally:
         ray.shutdown()
     results["load_average_at_end"] = load()

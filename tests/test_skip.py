@@ -66,7 +66,9 @@ def test_empty_blocks_are_skipped_and_output_is_exact(checkpoint, tmp_path, case
                    "--probabilities", "--report", report, *options) == 0
     expected = _expected_skips(shape, empty, model.margin)
     assert expected >= 4
-    assert json.loads(report.read_text())["blocks_skipped_empty"] == expected
+    r = json.loads(report.read_text())
+    assert r["blocks_skipped_empty"] == expected and r["outputs"][0]["blocks_skipped_empty"] == expected
+    assert 0 < r["network_s"] and 0 < r["network_busy"] <= 1 and r["tasks_run"] >= r["blocks_run"] == 5 * 9
     np.testing.assert_array_equal(zarr.open_array(str(out / "0"))[:], reference_labels(model, image))
     np.testing.assert_allclose(zarr.open_array(str(out / "probabilities"))[:], predict_image(model, image),
                                atol=1e-3)
