@@ -20,9 +20,9 @@ from unet.io.output import OutputSpec, OutputWriter
 from unet.io.source import Source, SourceSpec, open_source
 from unet.plan import Block
 from unet.predict import TilePredictor, class_index
-from unet.tiling import Reader
 from unet.pyramid import halve, mode2x2, owns_next_level
 from unet.skip import EmptyBlocks
+from unet.tiling import Reader
 
 
 @dataclass(frozen=True)
@@ -60,21 +60,28 @@ class BlockRunner:
         t0 = time.perf_counter()
         self.predictor.take_time_spent()  # forget what a failed call of this thread may have left
         source, writer = self._open(job)
-        wrap = functools.partial(_rescaling_reader, input_range=job.input_range,
-                                 trained_range=self.contract.value_range)
-        probs = self.empty.prediction(source, block.rows, block.cols, wrap)         # (K, h, w) or None
-        skipped = "empty" if probs is not None else None
-        labels = None
-        if probs is None and writer.probabilities is None:
-            labels = self.predictor.predict_classes(wrap(source.read), source.shape, block.rows, block.cols)
-        elif probs is None:
-            probs = self.predictor.predict_region(wrap(source.read), source.shape, block.rows, block.cols)
+        labels, probs, skipped = self._predict(job, source, block, writer.probabilities is not None)
         t1 = time.perf_counter()
-        levels = self._write_prediction(writer, block, class_index(probs) if labels is None else labels, probs)
+        levels = self._write_prediction(writer, block, labels, probs)
         network_s, network_cpu_s = self.predictor.take_time_spent()
         return {"key": block.key, "pixels": block.pixels, "compute_s": t1 - t0,
                 "write_s": time.perf_counter() - t1, "levels": levels, "skipped": skipped,
                 "network_s": network_s, "network_cpu_s": network_cpu_s}
+
+    def _predict(self, job: JobSpec, source: Source, block: Block,
+                 probabilities: bool) -> tuple[np.ndarray, np.ndarray | None, str | None]:
+        """Classes (h, w), probabilities (K, h, w) when they are written, and why the network was not run
+        ("empty") or None. Without probabilities no float copy of the block is made."""
+        wrap = functools.partial(_rescaling_reader, input_range=job.input_range,
+                                 trained_range=self.contract.value_range)
+        probs = self.empty.prediction(source, block.rows, block.cols, wrap)         # (K, h, w) or None
+        if probs is not None:
+            return class_index(probs), probs, "empty"
+        args = (wrap(source.read), source.shape, block.rows, block.cols)
+        if not probabilities:
+            return self.predictor.predict_classes(*args), None, None
+        probs = self.predictor.predict_region(*args)                                 # (K, h, w)
+        return class_index(probs), probs, None
 
     def background(self, job: JobSpec, block: Block) -> dict:
         """Write a level-0 block outside the region of interest as background (class 0; probability 1
