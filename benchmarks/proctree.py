@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from pathlib import Path
 
 _TICK = os.sysconf("SC_CLK_TCK")
@@ -52,19 +53,22 @@ def _cmdline(pid: int) -> str:
 
 class ProcessTreeMeter:
     """Samples this process tree in a thread while in the ``with`` block: ``cpu_seconds`` used by it
-    (processes that exit lose at most one interval, as their parent may not account for them), and
+    (processes that exit lose at most one interval, as their parent may not account for them; checked
+    against an actor that burns a known CPU time), and
     ``peak_rss`` (VmHWM) of the processes whose command line contains ``marker`` (Ray titles an actor's
     process ``ray::ClassName``)."""
 
     def __init__(self, marker: str, every_s: float = 0.25):
         self.marker, self.every_s = marker, every_s
-        self.peak_rss, self._start, self._last = 0, {}, {}
+        self.peak_rss, self._start, self._last, self._marked = 0, {}, {}, set()
+        self._own_cpu = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
     @property
     def cpu_seconds(self) -> float:
-        return sum(cpu - self._start.get(pid, 0.0) for pid, cpu in self._last.items())
+        """CPU seconds of the tree, less the sampling's own (it scans every process of the machine)."""
+        return sum(cpu - self._start.get(pid, 0.0) for pid, cpu in self._last.items()) - self._own_cpu
 
     def __enter__(self) -> ProcessTreeMeter:
         self._start = _tree(os.getpid())
@@ -76,12 +80,23 @@ class ProcessTreeMeter:
         self._thread.join()
         self._sample()
 
+    def wait_for_exit(self, timeout_s: float = 60.0) -> None:
+        """Wait until the marked processes seen so far are gone: a killed Ray actor spends CPU on its
+        teardown after the job returns, which belongs to this measurement, not to the next one."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() for pid in self._marked):
+            self._sample()
+            time.sleep(self.every_s)
+
     def _loop(self) -> None:
         while not self._stop.wait(self.every_s):
             self._sample()
 
     def _sample(self) -> None:
+        started = time.thread_time()
         for pid, cpu in _tree(os.getpid()).items():
             self._last[pid] = cpu
-            if self.marker in _cmdline(pid):
+            if pid in self._marked or self.marker in _cmdline(pid):
+                self._marked.add(pid)
                 self.peak_rss = max(self.peak_rss, _peak_rss_bytes(pid))
+        self._own_cpu += time.thread_time() - started

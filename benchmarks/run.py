@@ -1,11 +1,13 @@
 """Speed and memory of the segmentation job, measured side by side in one run so that ratios hold on a
-noisy machine: network only, end to end (Zarr to Zarr on local Ray), the pipeline's ceiling with a trivial
-network, the driver's memory on huge plans, scaling over workers, and the paper's network.
+noisy machine: the network alone, the job end to end (Zarr to Zarr on local Ray), the pipeline's ceiling
+with a trivial network, memory (driver on huge plans, worker against block size), peers (MONAI's sliding
+window, a plain dask map_overlap), scaling over workers, the paper's network, and the scheduling overhead
+per block.
 
     python benchmarks/run.py [--quick] [--size MPX] [--out benchmarks/results/benchmarks.json]
 
-Prints a markdown table (for the README) and writes JSON with the machine described. Minutes on 2 CPU
-cores (--quick: about two); not run in CI. Peers (MONAI, dask map_overlap) are not measured yet.
+Prints a markdown table (for the README) and writes JSON with the machine, its load and the versions.
+About 10 minutes on 2 CPU cores (--quick: about 3); not run in CI. Needs the `bench` extra (MONAI).
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ BENCH_NET = dict(depth=4, base_channels=16)
 TRIVIAL_NET = dict(depth=2, base_channels=1)
 PAPER_NET = dict(depth=5, base_channels=64)
 PAPER_TILE = 572
+TINY_BLOCK = 32                    # the scheduling-overhead job: one 32-px chunk per block
+GPU = {"name": "A10G (AWS g5)", "bf16_tflops": 70.0, "utilisation": 0.4}  # dense bf16 tensor peak; realistic share
 
 
 @dataclass(frozen=True)
@@ -45,34 +49,37 @@ class BenchConfig:
 
     out: Path
     size_mpx: float                # the end-to-end mosaic
-    scaling_mpx: float             # the (smaller) mosaic of the scaling and block-size rows
+    blocks: tuple[int, ...]        # block sizes; the first is the headline, and the side of the small mosaic
     tile_steps: tuple[int, ...]    # candidate tiles, by the output step they advance (divides the block)
-    blocks: tuple[int, ...]        # block sizes of the end-to-end rows; the first is the headline
     net_tiles: int                 # tiles per network-only measurement
     paper_tiles: int
     plan_blocks: tuple[int, ...]   # block counts of the dry-run memory rows
+    tiny_blocks: int               # blocks of the scheduling-overhead job
     quick: bool
 
 
 def build_config(argv: Sequence[str] | None) -> BenchConfig:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="a smoke check in about two minutes")
-    p.add_argument("--size", type=float, help="end-to-end mosaic in Mpx (default 64, quick 4)")
+    p.add_argument("--size", type=float, help="end-to-end mosaic in Mpx (default 64, quick 16)")
     p.add_argument("--out", type=Path, default=RESULTS, help="JSON results")
     a = p.parse_args(argv)
-    size = a.size or (4.0 if a.quick else 64.0)
-    if size < 4:
-        raise SystemExit(f"--size: expected at least 4 Mpx (one {SCENE}-px scene), found {size}")
+    blocks = (2048, 1024) if a.quick else (4096, 2048, 1024)
+    size = a.size or (16.0 if a.quick else 64.0)
+    if size < 2 * blocks[0] ** 2 / 1e6:
+        raise SystemExit(f"--size: expected at least {2 * blocks[0] ** 2 / 1e6:g} Mpx (two headline blocks), "
+                         f"found {size}")
     if a.quick:
-        return BenchConfig(a.out, size, size, (256, 512), (2048, 1024), 2, 1, (10**2, 10**4, 10**6), True)
-    return BenchConfig(a.out, size, max(4.0, size / 4), (256, 512, 1024), (4096, 2048), 3, 2,
-                       (10**2, 10**4, 10**6), False)
+        return BenchConfig(a.out, size, blocks, (256, 512), 2, 1, (10**2, 10**4, 10**6), 2500, True)
+    return BenchConfig(a.out, size, blocks, (256, 512, 1024), 3, 2, (10**2, 10**4, 10**6), 10**4, False)
 
 
 # -- machine ----------------------------------------------------------------------------------------
 
 def machine() -> dict:
     """What the figures were measured on."""
+    import dask
+    import monai
     import ray
     import torch
     import zarr
@@ -82,7 +89,8 @@ def machine() -> dict:
                   if line.startswith("model name")), platform.processor())
     return {"cpu": model, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "python": platform.python_version(), "torch": torch.__version__, "zarr": zarr.__version__,
-            "ray": ray.__version__, "numpy": np.__version__, "os": platform.platform(),
+            "ray": ray.__version__, "numpy": np.__version__, "dask": dask.__version__, "monai": monai.__version__,
+            "os": platform.platform(),
             "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "load_average_at_start": load()}
 
 
@@ -92,12 +100,15 @@ def load() -> list[float]:
 
 # -- networks ---------------------------------------------------------------------------------------
 
-def make_model(depth: int, base_channels: int):
+def make_model(depth: int, base_channels: int, padding: str = "valid"):
     """A He-initialised U-Net in eval mode, 1 uint8 channel in, 2 classes out."""
+    import torch
+
     from unet.model import InputContract, UNet
 
+    torch.manual_seed(0)
     contract = InputContract(channels=1, dtype="uint8", value_range=(0.0, 255.0), offset=(127.5,), scale=(127.5,))
-    return UNet(1, 2, depth, base_channels, input=contract).eval()
+    return UNet(1, 2, depth, base_channels, padding=padding, input=contract).eval()
 
 
 def aligned_tile(model, step: int) -> int:
@@ -106,9 +117,21 @@ def aligned_tile(model, step: int) -> int:
     return model.round_input_size(step + sum(model.margins), "up")
 
 
-def network_rate(model, tile: int, n_tiles: int) -> dict:
+def network_rate(model, tile: int, n_tiles: int, threads: int | None = None) -> dict:
     """Output Mpx/s of ``TilePredictor.forward`` on in-memory uint8 tiles, one tile per call, after a
-    warm-up call; also the CPU seconds per output Mpx it cost this process."""
+    warm-up call, on ``threads`` torch threads (default: all); also the CPU seconds per output Mpx it cost
+    this process."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads or before)
+    try:
+        return _network_rate(model, tile, n_tiles)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _network_rate(model, tile: int, n_tiles: int) -> dict:
     from unet.plan import network_flops
     from unet.predict import TilePredictor
 
@@ -127,16 +150,17 @@ def network_rate(model, tile: int, n_tiles: int) -> dict:
 
 # -- data -------------------------------------------------------------------------------------------
 
-def write_mosaic(path: Path, side: int) -> None:
-    """A uint8 nuclei micrograph of side x side px, one synthetic scene repeated, chunks of 1024 px."""
+def write_mosaic(path: Path, side: int, chunk: int = CHUNK) -> None:
+    """A uint8 nuclei micrograph of side x side px, one synthetic scene repeated (zstd, Zarr's default)."""
     import zarr
 
     from unet.synthetic import nuclei_scene
 
     scene = nuclei_scene((SCENE, SCENE), 0).image                                  # (2048, 2048)
-    array = zarr.create_array(str(path), shape=(side, side), chunks=(CHUNK, CHUNK), dtype=np.uint8)
+    array = zarr.create_array(str(path), shape=(side, side), chunks=(chunk, chunk), dtype=np.uint8)
+    strip = np.tile(scene, (1, -(-side // SCENE)))[:, :side]                       # (2048, side)
     for y in range(0, side, SCENE):
-        array[y:y + SCENE, :] = np.tile(scene, (1, side // SCENE))                 # (2048, side)
+        array[y:y + SCENE, :] = strip[:min(SCENE, side - y)]
 
 
 def mosaic_side(mpx: float) -> int:
@@ -155,24 +179,29 @@ def save_model(model, tmp: Path) -> None:
 
 # -- the job ----------------------------------------------------------------------------------------
 
-def run_job(model, mosaic: Path, tmp: Path, *, block: int, tile: int, workers: int, cpus: int) -> dict:
-    """One in-process run of the job, Zarr to Zarr, with ``model`` saved by ``save_model``; its report plus the CPU seconds of the whole process
-    tree (driver and Ray) and the workers' peak RSS."""
+def run_job(model, mosaic: Path, tmp: Path, *, block: int, tile: int, workers: int, cpus: int,
+            chunk: int = CHUNK) -> dict:
+    """One in-process run of the job, Zarr to Zarr, with ``model`` saved by ``save_model``; its report plus
+    the CPU seconds of the whole process tree (driver and local Ray: raylet, workers) and the workers' peak
+    RSS."""
     from unet.segment import main
 
     out, report, checkpoint = tmp / "out.zarr", tmp / "report.json", checkpoint_path(model, tmp)
-    argv = [str(mosaic), str(out), "--checkpoint", str(checkpoint), "--chunk", str(CHUNK), "--block", str(block),
+    argv = [str(mosaic), str(out), "--checkpoint", str(checkpoint), "--chunk", str(chunk), "--block", str(block),
             "--tile", str(tile), "--workers", str(workers), "--cpus-per-worker", str(cpus), "--no-progress",
             "--report", str(report)]
     with ProcessTreeMeter("BlockRunner") as meter:
         code = main(argv)
+        meter.wait_for_exit()
     if code != 0:
         raise RuntimeError(f"segment.main exited with {code}: {' '.join(argv)}")
     r = json.loads(report.read_text())
     shutil.rmtree(out)
     mpx = r["new_pixels"] / 1e6
     return {"block": block, "tile": tile, "workers": r["workers"], "cpus_per_worker": r["cpus_per_worker"],
-            "mpx": mpx, "seconds": round(r["seconds"], 2), "mpx_per_s": r["mpx_per_s"], "cpu_s": round(meter.cpu_seconds, 2),
+            "mpx": mpx, "seconds": round(r["seconds"], 2), "mpx_per_s": r["mpx_per_s"], "tasks": r["tasks_run"],
+            "network_s": r["network_s"], "network_cpu_s": r["network_cpu_s"], "network_busy": r["network_busy"],
+            "cpu_s": round(meter.cpu_seconds, 2),
             "cores_busy": meter.cpu_seconds / r["seconds"], "worker_peak_rss_mb": meter.peak_rss / 2**20,
             "tile_waste": tile_waste(model, block, tile), "load": load()}
 
@@ -207,6 +236,71 @@ def dry_run_rss(checkpoint: Path, tmp: Path, blocks: int, block: int = CHUNK) ->
             "seconds": round(time.perf_counter() - started, 2), "peak_rss_mb": usage.ru_maxrss / 1024}
 
 
+
+
+# -- peers ------------------------------------------------------------------------------------------
+
+def monai_rate(mosaic: Path, tile: int) -> dict:
+    """MONAI's ``sliding_window_inference`` (overlap 0.25, Gaussian blending, its defaults otherwise) with
+    the same-padded twin of the benchmark network over the whole mosaic held in memory: reading the Zarr
+    is not timed, its output stays in memory. Same ``channels_last`` as ours; labels by argmax."""
+    import torch
+    import zarr
+    from monai.inferers import sliding_window_inference
+
+    model = make_model(**BENCH_NET, padding="same").to(memory_format=torch.channels_last)
+    roi = model.round_input_size(tile)
+    image = zarr.open_array(str(mosaic), mode="r")[:]                              # (H, W) uint8
+    started = time.perf_counter()
+    with torch.inference_mode():
+        x = (torch.from_numpy(image)[None, None].float() - 127.5) / 127.5         # (1, 1, H, W)
+        logits = sliding_window_inference(x, (roi, roi), sw_batch_size=1, predictor=model, overlap=0.25,
+                                          mode="gaussian")                         # (1, 2, H, W)
+        labels = logits.argmax(dim=1).to(torch.uint8)                              # (1, H, W)
+    seconds = time.perf_counter() - started
+    network = network_rate(model, roi, 2)
+    mpx = labels.numel() / 1e6
+    return {"peer": "monai", "tile": roi, "mpx": mpx, "seconds": round(seconds, 2), "mpx_per_s": mpx / seconds,
+            "network_mpx_per_s": network["mpx_per_s"], "load": load()}
+
+
+def dask_rate(mosaic: Path, tmp: Path, model) -> dict:
+    """A plain ``dask.array.map_overlap`` over the Zarr mosaic: each 1024-px chunk plus a mirrored halo is
+    one tile of the same (valid) network, labels written to Zarr; dask's threads, one torch thread each."""
+    import dask
+    import dask.array as da
+    import torch
+
+    from unet.predict import TilePredictor, class_index
+
+    tile = model.round_input_size(CHUNK + sum(model.margins), "up")               # output >= one chunk
+    halo = tile - model.margin - CHUNK                    # the tile reads margin before, this much after
+    skip = halo - model.margin                            # halo rows before the tile's first input row
+    predictor = TilePredictor(model, tile=tile, batch_size=1, device="cpu")
+
+    def predict(block: np.ndarray) -> np.ndarray:
+        window = block[skip:skip + tile, skip:skip + tile]                         # (tile, tile)
+        probs = predictor.forward(window[None, None])[0]                           # (2, out, out)
+        return class_index(probs)[:block.shape[0] - 2 * halo, :block.shape[1] - 2 * halo]
+
+    image = da.from_zarr(str(mosaic))
+    labels = image.map_overlap(predict, depth=halo, boundary="reflect", trim=False, dtype=np.uint8,
+                               chunks=image.chunks)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    started = time.perf_counter()
+    try:
+        with dask.config.set(scheduler="threads", num_workers=os.cpu_count()):
+            labels.to_zarr(str(tmp / "dask-out.zarr"), overwrite=True)
+    finally:
+        torch.set_num_threads(threads)
+    seconds = time.perf_counter() - started
+    shutil.rmtree(tmp / "dask-out.zarr")
+    mpx = image.size / 1e6
+    return {"peer": "dask", "tile": tile, "mpx": mpx, "seconds": round(seconds, 2), "mpx_per_s": mpx / seconds,
+            "load": load()}
+
+
 # -- the run ----------------------------------------------------------------------------------------
 
 def measure_network(cfg: BenchConfig) -> tuple[list[dict], int]:
@@ -218,47 +312,76 @@ def measure_network(cfg: BenchConfig) -> tuple[list[dict], int]:
     return rows, max(rows, key=lambda r: r["mpx_per_s"])["tile"]
 
 
-def measure_end_to_end(cfg: BenchConfig, tmp: Path, tile: int) -> tuple[list[dict], list[dict]]:
-    """Rows 2 and 5: the job with the benchmark network, each run followed by a network-only check of the
-    same tile so that its efficiency compares figures taken minutes, not a quarter of an hour, apart."""
+def measure_jobs(cfg: BenchConfig, tmp: Path, tile: int) -> dict[str, list[dict]]:
+    """Rows 2, 4 (worker memory) and 6: the job with the benchmark network, on the big mosaic and on a small
+    one of one headline block; each run is followed by a network-only check of the same tile, so that its
+    efficiency compares figures taken seconds apart."""
     model = make_model(**BENCH_NET)
     save_model(model, tmp)
     big, small = tmp / "big.zarr", tmp / "small.zarr"
     write_mosaic(big, mosaic_side(cfg.size_mpx))
-    write_mosaic(small, mosaic_side(cfg.scaling_mpx))
+    write_mosaic(small, cfg.blocks[0])
     cores = os.cpu_count() or 1
-    runs = [(big, cfg.blocks[0], 1, cores)] + [(small, b, 1, cores) for b in cfg.blocks[1:]]
-    runs.append((small, cfg.blocks[-1], cores, 1))
+    runs = [("end_to_end", big, cfg.blocks[0], 1, cores)]
+    runs += [("block_sizes", small, block, 1, cores) for block in cfg.blocks]
+    runs += [("scaling", small, cfg.blocks[1], cores, 1)]
     before = network_rate(model, tile, cfg.net_tiles)["mpx_per_s"]
-    e2e, scaling = [], []
-    for mosaic, block, workers, cpus in runs:
+    found: dict[str, list[dict]] = {"end_to_end": [], "block_sizes": [], "scaling": []}
+    for kind, mosaic, block, workers, cpus in runs:
         r = run_job(model, mosaic, tmp, block=block, tile=tile, workers=workers, cpus=cpus)
         after = network_rate(model, tile, cfg.net_tiles)
         r["network_mpx_per_s"] = (before + after["mpx_per_s"]) / 2
         r["efficiency"] = r["mpx_per_s"] / r["network_mpx_per_s"]
-        r["cpu_s_outside_network"] = r["cpu_s"] - r["mpx"] * r["tile_waste"] * after["cpu_s_per_mpx"]
         before = after["mpx_per_s"]
-        print(f"end to end, block {block}, {workers} x {cpus} cores: {r['mpx_per_s']:.3f} Mpx/s, "
+        print(f"{kind}, block {block}, {workers} x {cpus} cores: {r['mpx_per_s']:.3f} Mpx/s, "
               f"efficiency {r['efficiency']:.2f}", flush=True)
-        if workers == 1:
-            e2e.append(r)
-        if mosaic == small and block == cfg.blocks[-1]:
-            scaling.append(r)
-    return e2e, scaling
+        found[kind].append(r)
+    head, one_block = found["end_to_end"][0], found["block_sizes"][0]
+    head["steady_efficiency"] = steady_rate(head, one_block) / head["network_mpx_per_s"]
+    found["scaling"].insert(0, found["block_sizes"][1])
+    return found
+
+
+def steady_rate(run: dict, baseline: dict) -> float:
+    """Mpx/s past the start-up: the difference of two runs with the same settings, ``baseline`` on a
+    mosaic of one block (the worker's start, model load and output set-up cancel out)."""
+    return (run["mpx"] - baseline["mpx"]) / max(run["seconds"] - baseline["seconds"], 1e-9)
 
 
 def measure_ceiling(cfg: BenchConfig, tmp: Path) -> dict:
-    """Row 3: the job with the cheapest U-Net; its CPU time, less the network's, is the pipeline's."""
+    """Row 3: the job with the cheapest U-Net, one worker of one core (so the forward passes' CPU time is
+    their thread's, which the job reports). The CPU seconds of the whole process tree less the network's
+    are the pipeline's: read, decode, mirror, write, pyramid, Ray. The same on a one-block mosaic is
+    subtracted, so that the worker's start-up (imports, model load) cancels out; the mosaic is 4 times the
+    end-to-end one, so that the start-up's own variation weighs little."""
     model = make_model(**TRIVIAL_NET)
     save_model(model, tmp)
+    write_mosaic(tmp / "huge.zarr", 2 * mosaic_side(cfg.size_mpx))
     tile = aligned_tile(model, 1024)
-    net = network_rate(model, tile, 4)
-    cores = os.cpu_count() or 1
-    r = run_job(model, tmp / "big.zarr", tmp, block=cfg.blocks[0], tile=tile, workers=1, cpus=cores)
-    outside = r["cpu_s"] - r["mpx"] * r["tile_waste"] * net["cpu_s_per_mpx"]
-    r.update(network_mpx_per_s=net["mpx_per_s"], network_cpu_s_per_mpx=net["cpu_s_per_mpx"],
-             cpu_s_outside_network=outside, mpx_per_core_s=r["mpx"] / outside)
-    print(f"pipeline ceiling: {r['mpx_per_s']:.2f} Mpx/s, {r['mpx_per_core_s']:.1f} Mpx per core-second", flush=True)
+    big, one = (run_job(model, tmp / mosaic, tmp, block=cfg.blocks[0], tile=tile, workers=1, cpus=1)
+                for mosaic in ("huge.zarr", "small.zarr"))
+    shutil.rmtree(tmp / "huge.zarr")
+    mpx = big["mpx"] - one["mpx"]
+    outside = (big["cpu_s"] - big["network_cpu_s"]) - (one["cpu_s"] - one["network_cpu_s"])
+    network = big["network_cpu_s"] - one["network_cpu_s"]
+    r = {**big, "baseline": one, "marginal_mpx": mpx, "cpu_s_outside_network": outside,
+         "mpx_per_core_s": mpx / outside, "network_share": network / (network + outside)}
+    print(f"pipeline ceiling: {r['mpx_per_core_s']:.1f} Mpx per core-second outside the network", flush=True)
+    return r
+
+
+def measure_overhead(cfg: BenchConfig, tmp: Path) -> dict:
+    """Scheduling overhead: a job of ``tiny_blocks`` blocks of one 32-px chunk with the cheapest U-Net;
+    wall and CPU time per task (the level-0 blocks and the pyramid's)."""
+    model = make_model(**TRIVIAL_NET)
+    save_model(model, tmp)
+    side = math.isqrt(cfg.tiny_blocks) * TINY_BLOCK
+    write_mosaic(tmp / "tiny.zarr", side, chunk=TINY_BLOCK)
+    r = run_job(model, tmp / "tiny.zarr", tmp, block=TINY_BLOCK, tile=aligned_tile(model, TINY_BLOCK), workers=1,
+                cpus=os.cpu_count() or 1, chunk=TINY_BLOCK)
+    r.update(blocks=cfg.tiny_blocks, ms_per_task=1e3 * r["seconds"] / r["tasks"],
+             cpu_ms_per_task=1e3 * r["cpu_s"] / r["tasks"])
+    print(f"scheduling overhead: {r['ms_per_task']:.1f} ms per task over {r['tasks']} tasks", flush=True)
     return r
 
 
@@ -271,8 +394,33 @@ def measure_memory(cfg: BenchConfig, tmp: Path) -> list[dict]:
     return rows
 
 
+def measure_peers(tmp: Path, tile: int, ours: list[dict]) -> list[dict]:
+    """Row 5: MONAI and dask over the small mosaic, against our best run on it (any block size, any
+    split of the cores into workers: dask, too, runs one single-threaded forward pass per core)."""
+    best = max(ours, key=lambda r: r["mpx_per_s"])
+    rows = [monai_rate(tmp / "small.zarr", tile), dask_rate(tmp / "small.zarr", tmp, make_model(**BENCH_NET))]
+    for r in rows:
+        r["ours"] = {k: best[k] for k in ("block", "workers", "cpus_per_worker", "mpx_per_s")}
+        r["ours_over_theirs"] = best["mpx_per_s"] / r["mpx_per_s"]
+        print(f"peer {r['peer']}: {r['mpx_per_s']:.3f} Mpx/s, ours / theirs {r['ours_over_theirs']:.2f}", flush=True)
+    return rows
+
+
+def gpu_estimate(net: dict, tile: int) -> dict:
+    """Expected GPU throughput of a network from its FLOP count (2 per multiply-add, on the meta device):
+    output Mpx/s = peak x utilisation / FLOP per output pixel. Arithmetic, not a measurement."""
+    from unet.plan import network_flops
+
+    model = make_model(**net)
+    flops = network_flops(model, tile)
+    per_px = flops / model.output_size(tile) ** 2
+    rate = GPU["bf16_tflops"] * 1e12 * GPU["utilisation"] / per_px / 1e6
+    return {**GPU, "net": net, "tile": tile, "gflop_per_tile": flops / 1e9, "mflop_per_px": per_px / 1e6,
+            "mpx_per_s": rate, "hours_per_1e10_px": 1e10 / (rate * 1e6) / 3600}
+
+
 def measure_paper(cfg: BenchConfig) -> dict:
-    """Row 6: the paper's network on its own tile."""
+    """The paper's network on its own tile."""
     r = network_rate(make_model(**PAPER_NET), PAPER_TILE, cfg.paper_tiles)
     print(f"paper network, tile {PAPER_TILE}: {r['mpx_per_s']:.3f} Mpx/s", flush=True)
     return r
@@ -281,29 +429,55 @@ def measure_paper(cfg: BenchConfig) -> dict:
 def table(res: dict) -> str:
     """The results as a markdown table, machine and load below it."""
     rows = [("1", f"network only, tile {r['tile']} -> {r['out_tile']}" + (" (chosen)" if r["tile"] == res["chosen_tile"] else ""),
-             f"{r['mpx_per_s']:.3f}", f"{r['gflop_per_s']:.0f} GFLOP/s, load {r['load'][0]}") for r in res["network"]]
-    rows += [("2", f"end to end, {r['mpx']:.0f} Mpx, block {r['block']}, tile {r['tile']}, 1 x {r['cpus_per_worker']:g} cores",
-              f"{r['mpx_per_s']:.3f}", f"efficiency {r['efficiency']:.2f}, {r['cores_busy']:.1f} cores busy, tile waste "
-              f"{r['tile_waste'] - 1:.1%}, worker peak {r['worker_peak_rss_mb']:.0f} MB, load {r['load'][0]}")
-             for r in res["end_to_end"]]
+             f"{r['mpx_per_s']:.2f}", f"{r['gflop_per_s']:.0f} GFLOP/s") for r in res["network"]]
+    e = res["end_to_end"][0]
+    rows.append(("2", f"end to end, Zarr to Zarr on local Ray, {e['mpx']:.0f} Mpx, block {e['block']}, "
+                      f"1 worker x {e['cpus_per_worker']:g} cores", f"{e['mpx_per_s']:.2f}",
+                 f"**efficiency {e['efficiency']:.2f}** ({e['steady_efficiency']:.2f} past the worker's start-up); "
+                 f"network busy {e['network_busy']:.0%} of the run; network alone {e['network_mpx_per_s']:.2f} Mpx/s "
+                 f"meanwhile; tile waste {e['tile_waste'] - 1:.1%}"))
     c = res["ceiling"]
-    rows.append(("3", f"pipeline ceiling: cheapest U-Net (depth 2, 1 filter), {c['mpx']:.0f} Mpx, block {c['block']}",
-                 f"{c['mpx_per_s']:.2f}", f"**{c['mpx_per_core_s']:.1f} Mpx per core-second outside the network**, "
-                 f"{c['cores_busy']:.1f} cores busy, worker peak {c['worker_peak_rss_mb']:.0f} MB"))
+    rows.append(("3", f"pipeline ceiling: cheapest U-Net (depth 2, 1 filter), 1 worker x 1 core, "
+                      f"{c['marginal_mpx']:.0f} Mpx past start-up", f"{c['mpx_per_s']:.1f}",
+                 f"**{c['mpx_per_core_s']:.0f} Mpx per core-second outside the network** (read, decode, mirror, "
+                 f"write, pyramid, Ray); the network took {c['network_share']:.0%} of the CPU"))
     rows += [("4", f"driver peak RSS, --dry-run, {r['blocks']:.0e} blocks ({r['gpx']:.3g} Gpx)", "",
-              f"{r['peak_rss_mb']:.0f} MB, {r['seconds']} s") for r in res["driver_memory"]]
-    rows += [("5", f"scaling, {r['mpx']:.0f} Mpx, block {r['block']}, {r['workers']} x {r['cpus_per_worker']:g} cores",
-              f"{r['mpx_per_s']:.3f}", f"efficiency {r['efficiency']:.2f}") for r in res["scaling"]]
+              f"{r['peak_rss_mb']:.0f} MB") for r in res["driver_memory"]]
+    rows += [("4", f"worker peak RSS, block {r['block']}, tile {r['tile']}", f"{r['mpx_per_s']:.2f}",
+              f"{r['worker_peak_rss_mb']:.0f} MB; efficiency {r['efficiency']:.2f} on {r['mpx']:.0f} Mpx")
+             for r in res["block_sizes"]]
+    rows += [("5", f"peer: {peer_name(r)}, {r['mpx']:.0f} Mpx", f"{r['mpx_per_s']:.2f}",
+              f"**ours / theirs {r['ours_over_theirs']:.2f}** (ours: {r['ours']['mpx_per_s']:.2f} Mpx/s, block "
+              f"{r['ours']['block']}, {r['ours']['workers']} x {r['ours']['cpus_per_worker']:g} cores)"
+              + (f"; their network alone {r['network_mpx_per_s']:.2f} Mpx/s" if "network_mpx_per_s" in r else ""))
+             for r in res["peers"]]
+    rows += [("6", f"scaling, {r['mpx']:.0f} Mpx, block {r['block']}, {r['workers']} worker(s) x {r['cpus_per_worker']:g} cores",
+              f"{r['mpx_per_s']:.2f}", f"efficiency {r['efficiency']:.2f}, network busy {r['network_busy']:.0%}")
+             for r in res["scaling"]]
     p = res["paper_network"]
-    rows.append(("6", f"paper's network (depth 5, 64 filters), network only, tile {p['tile']} -> {p['out_tile']}",
-                 f"{p['mpx_per_s']:.3f}", f"{p['gflop_per_s']:.0f} GFLOP/s, {p['tiles']} tile(s)"))
+    rows.append(("-", f"paper's network (depth 5, 64 filters), network only, tile {p['tile']} -> {p['out_tile']}",
+                 f"{p['mpx_per_s']:.3f}", f"{p['gflop_per_s']:.0f} GFLOP/s"))
+    for g in res["gpu_estimates"]:
+        rows.append(("-", f"expected on one {g['name']}: depth {g['net']['depth']}, {g['net']['base_channels']} filters, "
+                          f"tile {g['tile']} (arithmetic, not measured)", f"{g['mpx_per_s']:.0f}",
+                     f"{g['gflop_per_tile']:.1f} GFLOP per tile = {g['mflop_per_px']:.2f} MFLOP per output px; "
+                     f"{g['bf16_tflops']:g} TFLOP/s bf16 x {g['utilisation']:.0%}; 10^10 px in {g['hours_per_1e10_px']:.2f} h"))
+    o = res["overhead"]
+    rows.append(("-", f"scheduling overhead: {o['tasks']} tasks ({o['blocks']} blocks of {TINY_BLOCK} px and their pyramid)",
+                 "", f"**{o['ms_per_task']:.1f} ms per task** wall, {o['cpu_ms_per_task']:.1f} CPU-ms per task"))
     m = res["machine"]
     lines = ["| # | measurement | Mpx/s | notes |", "| --- | --- | ---: | --- |"]
     lines += [f"| {' | '.join(r)} |" for r in rows]
-    lines.append(f"\n{m['cpu']}, {m['cores']} cores; torch {m['torch']}, zarr {m['zarr']}, ray {m['ray']}; {m['date']}; "
-                 f"load average {m['load_average_at_start'][0]} at start, {res['load_average_at_end'][0]} at end; "
-                 f"peers (MONAI, dask) not yet measured. `{res['command']}`")
+    lines.append(f"\n{m['cpu']}, {m['cores']} cores; torch {m['torch']}, zarr {m['zarr']}, ray {m['ray']}, "
+                 f"monai {m['monai']}, dask {m['dask']}; {m['date']}; load average {m['load_average_at_start'][0]} at "
+                 f"start, {res['load_average_at_end'][0]} at end; {res['total_seconds']:.0f} s. `{res['command']}`")
     return "\n".join(lines)
+
+
+def peer_name(r: dict) -> str:
+    if r["peer"] == "monai":
+        return f"MONAI sliding_window_inference (overlap 0.25, Gaussian), same-padded twin, window {r['tile']}, in memory"
+    return f"dask.array.map_overlap, Zarr to Zarr, tile {r['tile']} per 1024-px chunk"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -319,13 +493,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             tmp = Path(name)
             results["network"], tile = measure_network(cfg)
             results["chosen_tile"] = tile
-            results["end_to_end"], results["scaling"] = measure_end_to_end(cfg, tmp, tile)
+            results.update(measure_jobs(cfg, tmp, tile))
             results["ceiling"] = measure_ceiling(cfg, tmp)
+            results["overhead"] = measure_overhead(cfg, tmp)
             results["driver_memory"] = measure_memory(cfg, tmp)
+            results["peers"] = measure_peers(tmp, tile, results["block_sizes"] + results["scaling"])
             results["paper_network"] = measure_paper(cfg)
+            results["gpu_estimates"] = [gpu_estimate(PAPER_NET, PAPER_TILE), gpu_estimate(BENCH_NET, tile)]
     finally:
         ray.shutdown()
-    results["peers"] = {"monai_sliding_window_inference": "not yet measured", "dask_map_overlap": "not yet measured"}
     results["load_average_at_end"] = load()
     results["total_seconds"] = round(time.perf_counter() - started, 1)
     cfg.out.parent.mkdir(parents=True, exist_ok=True)

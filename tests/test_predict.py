@@ -163,9 +163,9 @@ def test_amp_and_channels_last_agree_with_float32(float32_result, amp, channels_
         assert diff < 1e-4 and agreement == 1.0
 
 
-def test_cpu_defaults_to_float32_and_contiguous():
+def test_cpu_defaults_to_float32_and_channels_last():
     predictor = TilePredictor(_model(2), tile=20, device="cpu")
-    assert predictor.amp is False and predictor.channels_last is False
+    assert predictor.amp is False and predictor.channels_last is True
 
 
 def test_normalisation_of_the_input_contract_is_applied():

@@ -68,11 +68,14 @@ class Progress:
         self.total, self.done, self.blocks, self.blocks_done = total_pixels, done_pixels, blocks, 0
         self.start = self.last_log = time.monotonic()
         self.new_pixels = 0
+        self.network_s = self.network_cpu_s = 0.0  # time in the workers' forward passes
         self.bar = tqdm(total=total_pixels / 1e6, initial=done_pixels / 1e6, unit="Mpx", unit_scale=False,
                         disable=not self.bar_enabled, dynamic_ncols=True, file=sys.stderr,
                         bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} Mpx [{elapsed}<{remaining}, {rate_fmt}]")
 
-    def update(self, pixels: int) -> None:
+    def update(self, pixels: int, stats: dict) -> None:
+        self.network_s += stats.get("network_s", 0.0)
+        self.network_cpu_s += stats.get("network_cpu_s", 0.0)
         self.done += pixels
         self.new_pixels += pixels
         self.blocks_done += 1
@@ -126,8 +129,10 @@ def run_jobs(jobs: list, opts, checkpoint: bytes, class_names: list[str], proven
         if not job.failed:
             _finish_output(job, class_names, seconds)
     return {"seconds": seconds, "blocks_run": progress.blocks_done, "new_pixels": progress.new_pixels, "mpx_per_s": progress.rate,
+            "network_s": progress.network_s, "network_cpu_s": progress.network_cpu_s,
+            "network_busy": progress.network_s / max(seconds * res.workers, 1e-9),
             "workers": res.workers, "cpus_per_worker": res.cpus, "gpus_per_worker": res.gpus,
-            "worker_restarts": scheduler.replaced}
+            "worker_restarts": scheduler.replaced, "tasks_run": scheduler.completed}
 
 
 def _run_round(scheduler: Scheduler, jobs: list, method: str, plan_of, progress: Progress | None,
@@ -140,13 +145,16 @@ def _run_round(scheduler: Scheduler, jobs: list, method: str, plan_of, progress:
                 continue
             for block in plan_of(job):
                 if block.key not in job.done:
-                    yield Task(method, (job.spec, block, *args_of(job, block)), (index, block))
+                    yield Task(_method(job, block, method), (job.spec, block, *args_of(job, block)),
+                               (index, block))
 
     def done(task: Task, stats: dict) -> None:
         index, block = task.tag
         jobs[index].done.add(block.key)
+        if stats.get("skipped"):
+            jobs[index].skipped[stats["skipped"]] += 1
         if progress is not None:
-            progress.update(block.pixels)
+            progress.update(block.pixels, stats)
 
     def failed(task: Task, reason: str) -> None:
         index, block = task.tag
@@ -155,6 +163,13 @@ def _run_round(scheduler: Scheduler, jobs: list, method: str, plan_of, progress:
         log.error("unet: %s of %s failed: %s", block.describe(), redact(jobs[index].spec.output.url), reason)
 
     scheduler.run(tasks(), done, failed)
+
+
+def _method(job, block, method: str) -> str:
+    """Level-0 blocks outside the job's region of interest are written as background, not segmented."""
+    if method == "segment" and job.roi is not None and not job.roi.covers(block):
+        return "background"
+    return method
 
 
 def _run_pyramids(scheduler: Scheduler, jobs: list) -> None:

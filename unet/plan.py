@@ -32,8 +32,12 @@ class Block:
         return f"L{self.level}-{self.index[0]}-{self.index[1]}"
 
     @property
+    def shape(self) -> tuple[int, int]:
+        return self.rows[1] - self.rows[0], self.cols[1] - self.cols[0]
+
+    @property
     def pixels(self) -> int:
-        return (self.rows[1] - self.rows[0]) * (self.cols[1] - self.cols[0])
+        return self.shape[0] * self.shape[1]
 
     def describe(self) -> str:
         return (f"block {self.key} (level {self.level}, rows {self.rows[0]}:{self.rows[1]}, "

@@ -14,14 +14,23 @@ import numpy as np
 
 def mode2x2(labels: np.ndarray) -> np.ndarray:
     """Halve a (h, w) label image: each output pixel is the most frequent of its 2x2 inputs, ties going to
-    the larger label (so small foreground objects survive). Odd edges repeat their last row/column."""
+    the larger label (so small foreground objects survive). Odd edges repeat their last row/column.
+
+    The four inputs are sorted (a <= b <= c <= d, five min/max pairs); the mode of a sorted quad is then b
+    when b == c (two or more), else c when c == d (c wins a tie with a == b), else b when a == b, else d.
+    """
     h, w = labels.shape
-    padded = np.pad(labels, ((0, h % 2), (0, w % 2)), mode="edge")              # (2h', 2w')
-    quads = np.stack([padded[0::2, 0::2], padded[0::2, 1::2],
-                      padded[1::2, 0::2], padded[1::2, 1::2]])                   # (4, h', w')
-    counts = (quads[:, None] == quads[None, :]).sum(axis=1)                      # (4, h', w')
-    score = counts.astype(np.int64) * 1_000_000 + quads                          # count first, then label
-    return np.take_along_axis(quads, score.argmax(axis=0)[None], axis=0)[0]     # (h', w')
+    if h % 2 or w % 2:
+        labels = np.pad(labels, ((0, h % 2), (0, w % 2)), mode="edge")          # (2h', 2w')
+    a, b, c, d = labels[0::2, 0::2], labels[0::2, 1::2], labels[1::2, 0::2], labels[1::2, 1::2]  # (h', w')
+    a, b = np.minimum(a, b), np.maximum(a, b)
+    c, d = np.minimum(c, d), np.maximum(c, d)
+    a, c = np.minimum(a, c), np.maximum(a, c)
+    b, d = np.minimum(b, d), np.maximum(b, d)
+    b, c = np.minimum(b, c), np.maximum(b, c)
+    mode = np.where(a == b, b, d)
+    mode = np.where(c == d, c, mode)
+    return np.where(b == c, b, mode)                                             # (h', w')
 
 
 def decimate2x2(ids: np.ndarray) -> np.ndarray:

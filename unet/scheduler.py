@@ -48,6 +48,7 @@ class Scheduler:
         self.per_worker = per_worker
         self.max_attempts, self.max_deaths, self.timeout = max_attempts, max_deaths, timeout
         self.replaced = 0
+        self.completed = 0  # tasks finished, over every run
 
     def run(self, tasks: Iterator[Task], on_done: Callable[[Task, Any], None],
             on_failed: Callable[[Task, str], None]) -> None:
@@ -99,6 +100,7 @@ class Scheduler:
             self._requeue(entry.task, retry, on_failed, entry.task.attempts >= self.max_attempts,
                           f"{type(cause).__name__}: {cause}".splitlines()[0])
         else:
+            self.completed += 1
             on_done(entry.task, result)
 
     def _expire(self, running, retry, on_failed) -> None:

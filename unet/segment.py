@@ -29,6 +29,7 @@ from unet.io.urls import is_inside, parse_storage_options, redact, resolve_stora
 from unet.model import UNet
 from unet.objects_job import object_classes, objects_spec
 from unet.plan import BlockPlan, check_block_size
+from unet.roi import RegionOfInterest, load_roi
 from unet.worker import JobSpec
 
 EXIT_PARTIAL = 3
@@ -57,6 +58,7 @@ class SegmentOptions:
     overwrite: bool = False
     as_label: str | None = None
     input_range: tuple[float, float] | None = None
+    roi: str | None = None
     storage_options: dict = field(default_factory=dict, repr=False)
     dry_run: bool = False
     report: str | None = None
@@ -85,6 +87,8 @@ class PreparedJob:
     done: set[str] = field(default_factory=set)
     failed: list[dict] = field(default_factory=list)
     pixels_done: int = 0
+    roi: RegionOfInterest | None = None
+    skipped: dict[str, int] = field(default_factory=lambda: {"empty": 0, "roi": 0})  # blocks not run, by reason
     label_name: str | None = None  # set when writing INPUT/labels/NAME of an OME-Zarr image
     object_counts: dict[str, int] | None = None  # --objects: objects per class, once merged
 
@@ -112,6 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--axes", help="axes of a plain array: yx, cyx or yxc (OME-Zarr and TIFF know theirs)")
     g.add_argument("--input-range", help="LO,HI: rescale this input from [LO, HI] to the value range the "
                                          "model was trained on (e.g. 0,65535 for uint16 on a uint8 model)")
+    g.add_argument("--roi", metavar="URL", help="low-resolution mask of the regions worth segmenting (2-D "
+                                                "Zarr array or PNG/TIFF/JPEG; non-zero = of interest), "
+                                                "stretched over the input; blocks with no pixel of interest "
+                                                "are written as background (class 0) without being run")
     g = p.add_argument_group("output")
     g.add_argument("--chunk", type=int, default=DEFAULT_CHUNK, help="output chunk size in pixels (default 1024)")
     g.add_argument("--shard", type=int, help="output shard size in pixels (a multiple of --chunk)")
@@ -158,7 +166,7 @@ def parse_options(argv: Sequence[str]) -> SegmentOptions:
         pairs=_pairs(a), checkpoint=a.checkpoint, level=a.level, axes=a.axes, chunk=a.chunk, shard=a.shard,
         block=a.block, tile=a.tile, batch_size=a.batch_size, workers=a.workers, gpus_per_worker=a.gpus_per_worker,
         cpus_per_worker=a.cpus_per_worker, device=a.device, amp=a.amp, probabilities=a.probabilities,
-        overwrite=a.overwrite, as_label=a.as_label, input_range=_range(a.input_range),
+        overwrite=a.overwrite, as_label=a.as_label, input_range=_range(a.input_range), roi=a.roi,
         storage_options=parse_storage_options(a.storage_option), dry_run=a.dry_run, report=a.report,
         block_timeout=a.block_timeout, max_retries=a.max_retries, progress=a.progress, **_object_options(a))
 
@@ -176,7 +184,11 @@ def _pairs(a: argparse.Namespace) -> tuple[tuple[str, str], ...]:
     if a.manifest:
         if a.input:
             raise UNetError("--manifest: expected either --manifest or INPUT OUTPUT, found both")
-        return tuple(read_manifest(a.manifest, parse_storage_options(a.storage_option)))
+        pairs = tuple(read_manifest(a.manifest, parse_storage_options(a.storage_option)))
+        if a.roi and len(pairs) > 1:
+            raise UNetError(f"--roi: expected one input to cover, found a manifest of {len(pairs)} inputs; "
+                            "run each input with its own --roi")
+        return pairs
     if not a.input:
         raise UNetError("INPUT: expected an input image (or --manifest), found none")
     if a.as_label:
@@ -248,14 +260,17 @@ def prepare_job(opts: SegmentOptions, pair: tuple[str, str], model: UNet, checkp
                    "axes": opts.axes, "shape": list(source.shape), "chunk": opts.chunk, "shard": opts.shard,
                    "block": opts.block_size, "probabilities": opts.probabilities,
                    "input_range": list(opts.input_range) if opts.input_range else None,
-                   "objects": objects.fingerprint if objects else None}
+                   "objects": objects.fingerprint if objects else None,
+                   "roi": redact(opts.roi) if opts.roi else None}
+    roi = load_roi(opts.roi, resolve_storage_options(opts.roi, opts.storage_options), source.shape) \
+        if opts.roi else None
     existing = read_unet_attrs(out)
     if existing is not None and not opts.overwrite:
         _check_resumable(out_url, existing, fingerprint)
     existing = None if opts.overwrite else existing
     return PreparedJob(JobSpec(source.spec, out, opts.input_range, objects), source,
                        BlockPlan(0, source.shape, opts.block_size), fingerprint, existing,
-                       label_name=opts.as_label, object_counts=(existing or {}).get("objects"))
+                       label_name=opts.as_label, roi=roi, object_counts=(existing or {}).get("objects"))
 
 
 def check_contract(source: Source, model: UNet, input_range: tuple[float, float] | None) -> None:
@@ -356,9 +371,12 @@ def print_plan(jobs: list[PreparedJob], model: UNet, opts: SegmentOptions) -> No
 def build_report(jobs: list[PreparedJob], stats: dict) -> dict:
     outputs = [{"input": redact(j.spec.source.url), "output": redact(j.spec.output.url),
                 "status": "complete" if j.complete or not j.failed else "incomplete",
-                "shape": list(j.source.shape), "blocks": len(j.plan), "failed": j.failed,
+                "shape": list(j.source.shape), "blocks": len(j.plan), "blocks_skipped_empty": j.skipped["empty"],
+                "blocks_outside_roi": j.skipped["roi"], "failed": j.failed,
                 **({"objects": j.object_counts} if j.object_counts is not None else {})} for j in jobs]
-    return {"outputs": outputs, "failed_blocks": sum(len(j.failed) for j in jobs), **stats}
+    return {"outputs": outputs, "failed_blocks": sum(len(j.failed) for j in jobs),
+            "blocks_skipped_empty": sum(j.skipped["empty"] for j in jobs),
+            "blocks_outside_roi": sum(j.skipped["roi"] for j in jobs), **stats}
 
 
 def write_report(path: str, report: dict, jobs: list[PreparedJob]) -> None:

@@ -39,6 +39,14 @@ def reflect(index: np.ndarray, n: int) -> np.ndarray:
     return np.where(index < n, index, period - index)
 
 
+def mirrored_box(shape: tuple[int, int], rows: tuple[int, int],
+                 cols: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
+    """The in-bounds rectangle that ``read_mirrored`` reads for the window [rows) x [cols): all of the
+    window's pixels, mirrored into the image, lie inside it."""
+    ri, ci = reflect(np.arange(*rows), shape[0]), reflect(np.arange(*cols), shape[1])
+    return (int(ri.min()), int(ri.max()) + 1), (int(ci.min()), int(ci.max()) + 1)
+
+
 def read_mirrored(read: Reader, shape: tuple[int, int], rows: tuple[int, int], cols: tuple[int, int]) -> np.ndarray:
     """The window [rows) x [cols) of an image of ``shape`` (h, w), mirrored where it leaves the image.
 
@@ -46,7 +54,7 @@ def read_mirrored(read: Reader, shape: tuple[int, int], rows: tuple[int, int], c
     """
     ri = reflect(np.arange(*rows), shape[0])
     ci = reflect(np.arange(*cols), shape[1])
-    r0, r1, c0, c1 = ri.min(), ri.max() + 1, ci.min(), ci.max() + 1
+    (r0, r1), (c0, c1) = mirrored_box(shape, rows, cols)
     box = read(slice(r0, r1), slice(c0, c1))                     # (C, r1-r0, c1-c0)
     if rows[0] >= 0 and rows[1] <= shape[0] and cols[0] >= 0 and cols[1] <= shape[1]:
         return box

@@ -7,6 +7,7 @@ passes themselves are serialised by the predictor.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from dataclasses import dataclass
@@ -19,8 +20,10 @@ from unet.io.output import OutputSpec, OutputWriter
 from unet.io.source import Source, SourceSpec, open_source
 from unet.objects_job import ObjectsSpec, relabel_block, store_block_objects
 from unet.plan import Block
-from unet.predict import TilePredictor
+from unet.predict import TilePredictor, class_index
 from unet.pyramid import decimate2x2, halve, mode2x2, owns_next_level
+from unet.skip import EmptyBlocks
+from unet.tiling import Reader
 
 
 @dataclass(frozen=True)
@@ -47,19 +50,57 @@ class BlockRunner:
         self.contract = model.config.input
         self.predictor = TilePredictor(model, tile=tile, batch_size=batch_size, device=device, amp=amp,
                                        image_shape=(block, block) if block else None)
+        self.empty = EmptyBlocks(self.predictor)
         self._lock = threading.Lock()
         self._sources: dict[SourceSpec, Source] = {}
         self._writers: dict[OutputSpec, OutputWriter] = {}
 
     def segment(self, job: JobSpec, block: Block) -> dict:
         """Predict a level-0 block, write its classes (and probabilities), its share of the coarser
-        levels, then its done-marker. Returns small stats, never pixels."""
+        levels, then its done-marker. A block whose input is all fill value is not run through the network
+        (``unet.skip``). Returns small stats, never pixels."""
         t0 = time.perf_counter()
+        self.predictor.take_time_spent()  # forget what a failed call of this thread may have left
         source, writer = self._open(job)
-        read = _rescaling_reader(source.read, job.input_range, self.contract.value_range)
-        probs = self.predictor.predict_region(read, source.shape, block.rows, block.cols)  # (K, h, w)
+        need_probs = writer.probabilities is not None or job.objects is not None  # objects: mean probability
+        labels, probs, skipped = self._predict(job, source, block, need_probs)
         t1 = time.perf_counter()
-        labels = probs.argmax(axis=0).astype(np.uint8)                              # (h, w)
+        levels = self._write_prediction(job, writer, block, labels, probs)
+        network_s, network_cpu_s = self.predictor.take_time_spent()
+        return {"key": block.key, "pixels": block.pixels, "compute_s": t1 - t0,
+                "write_s": time.perf_counter() - t1, "levels": levels, "skipped": skipped,
+                "network_s": network_s, "network_cpu_s": network_cpu_s}
+
+    def _predict(self, job: JobSpec, source: Source, block: Block,
+                 probabilities: bool) -> tuple[np.ndarray, np.ndarray | None, str | None]:
+        """Classes (h, w), probabilities (K, h, w) when they are written, and why the network was not run
+        ("empty") or None. Without probabilities no float copy of the block is made."""
+        wrap = functools.partial(_rescaling_reader, input_range=job.input_range,
+                                 trained_range=self.contract.value_range)
+        probs = self.empty.prediction(source, block.rows, block.cols, wrap)         # (K, h, w) or None
+        if probs is not None:
+            return class_index(probs), probs, "empty"
+        args = (wrap(source.read), source.shape, block.rows, block.cols)
+        if not probabilities:
+            return self.predictor.predict_classes(*args), None, None
+        probs = self.predictor.predict_region(*args)                                 # (K, h, w)
+        return class_index(probs), probs, None
+
+    def background(self, job: JobSpec, block: Block) -> dict:
+        """Write a level-0 block outside the region of interest as background (class 0; probability 1
+        for class 0 when probabilities are written), without reading its input."""
+        t0 = time.perf_counter()
+        _, writer = self._open(job)
+        one_hot = np.eye(job.output.num_classes, 1, dtype=np.float32)[:, :, None]  # (K, 1, 1)
+        probs = np.broadcast_to(one_hot, (job.output.num_classes, *block.shape))  # (K, h, w)
+        levels = self._write_prediction(job, writer, block, np.zeros(block.shape, np.uint8), probs)
+        return {"key": block.key, "pixels": block.pixels, "compute_s": 0.0,
+                "write_s": time.perf_counter() - t0, "levels": levels, "skipped": "roi"}
+
+    def _write_prediction(self, job: JobSpec, writer: OutputWriter, block: Block, labels: np.ndarray,
+                          probs: np.ndarray | None) -> list[int]:
+        """Write a level-0 block's classes, probabilities (when the output has them), its objects' summary
+        (with --objects) and coarser levels, then its done-marker."""
         writer.write(0, block.rows, block.cols, labels)
         if writer.probabilities is not None:
             writer.write_probabilities(block.rows, block.cols, probs)
@@ -67,9 +108,7 @@ class BlockRunner:
             store_block_objects(writer, block, labels, probs, job.objects)
         levels = self._write_coarser(writer, block, labels)
         writer.mark_done(block.key)
-        t2 = time.perf_counter()
-        return {"key": block.key, "pixels": block.pixels, "compute_s": t1 - t0, "write_s": t2 - t1,
-                "levels": levels}
+        return levels
 
     def relabel(self, job: JobSpec, block: Block, lut: np.ndarray) -> dict:
         """Second pass of --objects: write a block of the instance image (``job.output``) with global ids,
@@ -122,8 +161,8 @@ def _halving(spec: OutputSpec):
     return decimate2x2 if spec.ids else mode2x2
 
 
-def _rescaling_reader(read, input_range: tuple[float, float] | None,
-                      trained_range: tuple[float, float] | None):
+def _rescaling_reader(read: Reader, input_range: tuple[float, float] | None,
+                      trained_range: tuple[float, float] | None) -> Reader:
     """Wrap ``read`` to map [lo, hi] of this input linearly onto the model's trained value range."""
     if input_range is None or trained_range is None:
         return read

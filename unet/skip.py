@@ -1,0 +1,111 @@
+"""Blocks with no data, predicted without running the network over them.
+
+Zarr stores no chunk that is entirely fill value, so when every stored chunk (shard) that a block's read
+window touches is missing, the block's whole input is the fill value, and its prediction is that of a
+constant image. That prediction is computed once per worker and source by the same predictor — never
+assumed to be background. It is not uniform: the up-convolutions (stride 2) make it periodic on the
+pooling grid, and tiles sit on that grid counted from the mosaic's origin, so it is kept as one grid cell
+and laid out by each pixel's phase. It is used only when it is periodic indeed (a valid-padded network; a
+same-padded one sees its zero padding and is not). The check costs one existence request per chunk of the
+window, all issued at once. Only Zarr arrays in a local or fsspec store qualify: a TIFF's tiles (and any
+other store) are always read and predicted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+from collections.abc import Callable
+
+import numpy as np
+from zarr.core.sync import sync
+from zarr.storage import FsspecStore, LocalStore
+
+from unet.io.source import Source, SourceSpec
+from unet.predict import TilePredictor
+from unet.tiling import Reader, mirrored_box
+
+PERIODIC_TOLERANCE = 1e-6  # largest deviation of a constant tile's output from its repeated grid cell
+
+
+class EmptyBlocks:
+    """Per worker: which blocks of a source hold nothing but fill value, and their prediction."""
+
+    def __init__(self, predictor: TilePredictor):
+        self.predictor = predictor
+        self._lock = threading.Lock()
+        self._fill: dict[SourceSpec, np.ndarray | None] = {}
+
+    def prediction(self, source: Source, rows: tuple[int, int], cols: tuple[int, int],
+                   wrap: Callable[[Reader], Reader]) -> np.ndarray | None:
+        """Probabilities (K, h, w) of the output rows x cols when its input is all fill value, else None.
+        ``wrap`` is what the worker applies to every reader (e.g. rescaling)."""
+        cell = self._fill_prediction(source, wrap)
+        if cell is None:
+            return None
+        window = mirrored_box(source.shape, *self.predictor.input_window(rows, cols))
+        if not window_is_missing(source, *window):
+            return None
+        return periodic(cell, rows, cols)
+
+    def _fill_prediction(self, source: Source, wrap: Callable[[Reader], Reader]) -> np.ndarray | None:
+        with self._lock:
+            if source.spec not in self._fill:
+                self._fill[source.spec] = constant_prediction(self.predictor, source, wrap) \
+                    if qualifies(source) else None
+            return self._fill[source.spec]
+
+
+def qualifies(source: Source) -> bool:
+    """Whether missing chunks of ``source`` mean a finite fill value: a Zarr array in its own store."""
+    array = source.array
+    if not isinstance(array.store_path.store, (LocalStore, FsspecStore)) or array.fill_value is None:
+        return False
+    return bool(np.isfinite(np.asarray(array.fill_value, dtype=np.float64)).all())
+
+
+def constant_prediction(predictor: TilePredictor, source: Source, wrap: Callable[[Reader], Reader]) -> np.ndarray | None:
+    """Probabilities (K, g, g) of one pooling-grid cell of a tile of constant fill value, or None when the
+    tile's output does not repeat that cell (the network then sees more than its input, e.g. padding)."""
+    fill = np.asarray(source.array.fill_value).astype(source.dtype)
+
+    def constant(rows: slice, cols: slice) -> np.ndarray:
+        return np.full((source.channels, rows.stop - rows.start, cols.stop - cols.start), fill, source.dtype)
+
+    n = predictor.out_tile
+    probs = predictor.predict_region(wrap(constant), (n, n), (0, n), (0, n))       # (K, n, n)
+    cell = probs[:, :predictor.grid, :predictor.grid].copy()                        # (K, g, g)
+    return cell if np.abs(probs - periodic(cell, (0, n), (0, n))).max() <= PERIODIC_TOLERANCE else None
+
+
+def periodic(cell: np.ndarray, rows: tuple[int, int], cols: tuple[int, int]) -> np.ndarray:
+    """The output rectangle rows x cols (mosaic coordinates) of a prediction that repeats ``cell``
+    (K, g, g) from the mosaic's origin."""
+    g = cell.shape[-1]
+    y, x = rows[0] % g, cols[0] % g
+    reps = (1, -(-(rows[1] - rows[0] + y) // g), -(-(cols[1] - cols[0] + x) // g))
+    return np.tile(cell, reps)[:, y:y + rows[1] - rows[0], x:x + cols[1] - cols[0]]  # (K, h, w)
+
+
+def window_is_missing(source: Source, rows: tuple[int, int], cols: tuple[int, int]) -> bool:
+    """Whether no chunk (shard) of ``source`` overlapping the in-bounds window rows x cols is stored."""
+    array = source.array
+    store, prefix = array.store_path.store, array.store_path.path
+    keys = [f"{prefix}/{key}" if prefix else key for key in chunk_keys(source, rows, cols)]
+
+    async def stored() -> list[bool]:
+        return await asyncio.gather(*(store.exists(key) for key in keys))
+    return not any(sync(stored()))
+
+
+def chunk_keys(source: Source, rows: tuple[int, int], cols: tuple[int, int]) -> list[str]:
+    """Storage keys of every chunk (every shard, when sharded) that holds a pixel of rows x cols, over
+    all channels; other axes (singleton t, z) at index 0."""
+    array = source.array
+    unit = array.shards or array.chunks
+    spans = []
+    for role, size, extent in zip(source.roles, unit, array.shape):
+        lo, hi = rows if role == "y" else cols if role == "x" else (0, extent) if role == "c" else (0, 1)
+        spans.append(range(lo // size, -(-hi // size)))
+    return [array.metadata.encode_chunk_key(coords) for coords in itertools.product(*spans)]
