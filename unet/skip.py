@@ -6,8 +6,8 @@ constant image. That prediction is computed once per worker and source by the sa
 assumed to be background. It is not uniform: the up-convolutions (stride 2) make it periodic on the
 pooling grid, and tiles sit on that grid counted from the mosaic's origin, so it is kept as one grid cell
 and laid out by each pixel's phase. It is used only when it is periodic indeed (a valid-padded network; a
-same-padded one sees its zero padding and is not). The check costs one existence request per chunk of the
-window, all issued at once. Only Zarr arrays in a local or fsspec store qualify: a TIFF's tiles (and any
+same-padded one sees its zero padding and is not). The check asks for the window's middle chunk first (one
+request decides for a block with data), then for the others all at once. Only Zarr arrays in a local or fsspec store qualify: a TIFF's tiles (and any
 other store) are always read and predicted.
 """
 
@@ -94,9 +94,11 @@ def window_is_missing(source: Source, rows: tuple[int, int], cols: tuple[int, in
     store, prefix = array.store_path.store, array.store_path.path
     keys = [f"{prefix}/{key}" if prefix else key for key in chunk_keys(source, rows, cols)]
 
-    async def stored() -> list[bool]:
-        return await asyncio.gather(*(store.exists(key) for key in keys))
-    return not any(sync(stored()))
+    async def any_stored() -> bool:
+        # The middle chunk first: a block with data nearly always has it, and one request then decides.
+        middle = keys.pop(len(keys) // 2)
+        return await store.exists(middle) or any(await asyncio.gather(*(store.exists(key) for key in keys)))
+    return not sync(any_stored())
 
 
 def chunk_keys(source: Source, rows: tuple[int, int], cols: tuple[int, int]) -> list[str]:
