@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import ray
+from ray.autoscaler.sdk import request_resources
 from tqdm import tqdm
 
 from unet.io.ome import label_metadata
@@ -50,7 +51,8 @@ def connect_ray() -> None:
 
 
 def worker_resources(workers: int | None, cpus: float | None, gpus: float) -> WorkerResources:
-    """Default: one worker per GPU; on CPU, one per ``cpus`` cores (4, or all of them if fewer)."""
+    """Default: one worker per GPU; on CPU, one per ``cpus`` cores (4, or all of them if fewer). An
+    autoscaling cluster may have no GPU node yet: then ``--workers`` says how many to launch (default 1)."""
     total = ray.cluster_resources()
     if gpus == 0 and workers is None and total.get("GPU", 0) >= 1:
         gpus = 1.0
@@ -58,6 +60,14 @@ def worker_resources(workers: int | None, cpus: float | None, gpus: float) -> Wo
     if workers is None:
         workers = int(total.get("GPU", 0) // gpus) if gpus else int(total.get("CPU", 1.0) // cpus)
     return WorkerResources(max(1, workers), cpus, gpus)
+
+
+def request_workers(res: WorkerResources | None) -> None:
+    """Ask the autoscaler for room for every worker (``None``: withdraw the request), so that an autoscaling
+    cluster launches the GPU nodes the workers need instead of the job waiting for them. The request stays
+    until replaced, hence the withdrawal when the run ends; a cluster without an autoscaler ignores it."""
+    bundles = [] if res is None else [{"CPU": res.cpus, **({"GPU": res.gpus} if res.gpus else {})}] * res.workers
+    request_resources(bundles=bundles)
 
 
 class Progress:
@@ -102,6 +112,7 @@ def run_jobs(jobs: list, opts, checkpoint: bytes, class_names: list[str], proven
     """Segment every job's remaining blocks, build the pyramids, mark complete outputs; return stats."""
     connect_ray()
     res = worker_resources(opts.workers, opts.cpus_per_worker, opts.gpus_per_worker)
+    request_workers(res)
     ref = ray.put(checkpoint)
     actor = ray.remote(BlockRunner).options(num_cpus=res.cpus, num_gpus=res.gpus, max_concurrency=2)
     device = opts.device or ("cuda" if res.gpus else "cpu")
@@ -124,6 +135,7 @@ def run_jobs(jobs: list, opts, checkpoint: bytes, class_names: list[str], proven
     finally:
         progress.close()
         scheduler.shutdown()
+        request_workers(None)
     seconds = time.monotonic() - started
     for job in jobs:
         if not job.failed:
