@@ -40,6 +40,18 @@ TRIVIAL_NET = dict(depth=2, base_channels=1)
 PAPER_NET = dict(depth=5, base_channels=64)
 PAPER_TILE = 572
 TINY_BLOCK = 32                    # the scheduling-overhead job: one 32-px chunk per block
+# Runs a script and prints its own peak RSS (VmHWM) as it exits. Not getrusage: on Linux a child's
+# ru_maxrss starts at its parent's RSS when it forked, so every child of a big parent seems as big.
+PEAK_RSS_TAG = "peak-rss-kb:"
+PEAK_RSS_WRAPPER = f"""
+import runpy, sys
+sys.argv = sys.argv[1:]
+try:
+    runpy.run_path(sys.argv[0], run_name="__main__")
+finally:
+    hwm = next(line for line in open("/proc/self/status") if line.startswith("VmHWM"))
+    print("{PEAK_RSS_TAG}", hwm.split()[1], file=sys.stderr)
+"""
 GPU = {"name": "A10G (AWS g5)", "bf16_tflops": 70.0, "utilisation": 0.4}  # dense bf16 tensor peak; realistic share
 
 
@@ -222,18 +234,16 @@ def dry_run_rss(checkpoint: Path, tmp: Path, blocks: int, block: int = CHUNK) ->
     side = math.isqrt(blocks) * block
     path = tmp / f"virtual-{blocks}.zarr"
     zarr.create_array(str(path), shape=(side, side), chunks=(block, block), dtype=np.uint8, overwrite=True)
-    argv = [sys.executable, str(ROOT / "jobs" / "segment.py"), str(path), str(tmp / "virtual-out.zarr"),
-            "--checkpoint", str(checkpoint), "--chunk", str(CHUNK), "--block", str(block), "--dry-run"]
+    argv = [sys.executable, "-c", PEAK_RSS_WRAPPER, str(ROOT / "jobs" / "segment.py"), str(path),
+            str(tmp / "virtual-out.zarr"), "--checkpoint", str(checkpoint), "--chunk", str(CHUNK),
+            "--block", str(block), "--dry-run"]
     started = time.perf_counter()
-    with open(tmp / "dry-run.log", "w+") as log:
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(proc.pid, 0)                     # the rusage of this child alone
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        if proc.returncode != 0:
-            log.seek(0)
-            raise RuntimeError(f"dry run exited with {proc.returncode}: {log.read()[-2000:]}")
+    proc = subprocess.run(argv, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"dry run exited with {proc.returncode}: {proc.stderr[-2000:]}")
+    peak_kb = int(proc.stderr.rsplit(PEAK_RSS_TAG, 1)[1].split()[0])
     return {"blocks": blocks, "shape": [side, side], "gpx": side * side / 1e9,
-            "seconds": round(time.perf_counter() - started, 2), "peak_rss_mb": usage.ru_maxrss / 1024}
+            "seconds": round(time.perf_counter() - started, 2), "peak_rss_mb": peak_kb / 1024}
 
 
 
