@@ -1,0 +1,115 @@
+"""Faults a nightly run meets, each on the session's real local Ray cluster: a flaky object store, a read
+that hangs, an output that refuses writes or runs out of space. The job either completes with exactly the
+pixels of an undisturbed run, or ends with a clear message and an output that is not marked complete."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import numpy as np
+import pytest
+import zarr
+from faultproxy import Deny, FaultProxy
+from test_segment import checkpoint, mosaic, reference_labels, segment  # noqa: F401 (fixtures)
+
+pytestmark = pytest.mark.usefixtures("ray_cluster")
+
+
+@pytest.fixture
+def s3_mosaic(mosaic, s3_server, s3_bucket):
+    """The odd-sized test mosaic in the bucket, written directly (no faults), with 100-px chunks."""
+    image, _ = mosaic
+    url = f"{s3_bucket}/in.zarr"
+    zarr.create_array(zarr.storage.FsspecStore.from_url(url, storage_options=s3_server.storage_options),
+                      data=image, chunks=(100, 100))
+    return image, url
+
+
+def through(proxy: FaultProxy) -> list[str]:
+    return ["--storage-option", "key=testing", "--storage-option", "secret=testing",
+            "--storage-option", f"client_kwargs.endpoint_url={proxy.url}"]
+
+
+def s3_group(s3_server, url: str) -> zarr.Group:
+    """The output as the S3 server holds it (read directly, not through the proxy)."""
+    return zarr.open_group(zarr.storage.FsspecStore.from_url(url, storage_options=s3_server.storage_options),
+                           mode="r")
+
+
+def test_flaky_object_store_completes_with_identical_output(checkpoint, s3_mosaic, s3_server, s3_bucket, tmp_path):
+    """A fifth of all requests, reads and writes alike, get 503 SlowDown or a dropped connection."""
+    model, ckpt = checkpoint
+    image, url = s3_mosaic
+    out = f"{s3_bucket}/out.zarr"
+    with FaultProxy(s3_server.endpoint_url, fault_rate=0.2, seed=4) as proxy:
+        code = segment(url, out, "--checkpoint", ckpt, "--chunk", 64, "--block", 128, "--tile", 92,
+                       *through(proxy), "--report", tmp_path / "r.json")
+    assert code == 0
+    assert proxy.faults["503"] >= 5 and proxy.faults["drop"] >= 5 and proxy.requests["PUT"] >= 20
+    group = s3_group(s3_server, out)
+    assert group.attrs["unet"]["status"] == "complete"
+    np.testing.assert_array_equal(group["0"][:], reference_labels(model, image))
+
+
+def test_hung_read_is_retried_on_a_fresh_worker(checkpoint, s3_mosaic, s3_server, s3_bucket, tmp_path):
+    """One input chunk's first read never answers: the block times out, its worker is replaced, and the
+    block runs again elsewhere while the other worker carries on."""
+    model, ckpt = checkpoint
+    image, url = s3_mosaic
+    out = f"{s3_bucket}/out.zarr"
+    with FaultProxy(s3_server.endpoint_url, stall=("/in.zarr/c/1/2", 1)) as proxy:
+        code = segment(url, out, "--checkpoint", ckpt, "--chunk", 64, "--block", 128, "--tile", 92,
+                       "--workers", 2, "--cpus-per-worker", 1, "--block-timeout", 15,
+                       *through(proxy), "--report", tmp_path / "r.json")
+    assert code == 0 and proxy.stalled == 1
+    assert json.loads((tmp_path / "r.json").read_text())["worker_restarts"] >= 1
+    np.testing.assert_array_equal(s3_group(s3_server, out)["0"][:], reference_labels(model, image))
+
+
+def test_output_refusing_writes_from_the_start_is_one_line_exit_2(checkpoint, s3_mosaic, s3_server, s3_bucket,
+                                                                    capsys):
+    _, ckpt = checkpoint
+    _, url = s3_mosaic
+    out = f"{s3_bucket}/out.zarr"
+    with FaultProxy(s3_server.endpoint_url, deny=Deny("PUT", "/out.zarr/")) as proxy:
+        code = segment(url, out, "--checkpoint", ckpt, "--chunk", 64, "--block", 128, *through(proxy))
+    assert code == 2 and proxy.denied >= 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"output {out}: expected a writable location" in err, err
+    assert "PermissionError" in err and "Traceback" not in err
+    assert not s3_group_exists(s3_server, out)
+
+
+def s3_group_exists(s3_server, url: str) -> bool:
+    import s3fs
+
+    return s3fs.S3FileSystem(**s3_server.storage_options, skip_instance_cache=True).exists(f"{url}/zarr.json")
+
+
+@pytest.mark.parametrize("status, code, message", [(403, "AccessDenied", "Access Denied"),
+                                                   (400, "EntityTooLarge", "Your proposed upload exceeds")])
+def test_output_refusing_writes_mid_run_is_reported_then_resumed(checkpoint, s3_mosaic, s3_server, s3_bucket,
+                                                                  tmp_path, capsys, status, code, message):
+    """Chunk writes start failing after a few went through (a policy change, a quota): the blocks that could
+    not be written are listed with the reason, exit 3, nothing marked complete; the same command later
+    finishes the rest."""
+    model, ckpt = checkpoint
+    image, url = s3_mosaic
+    out = f"{s3_bucket}/out.zarr"
+    args = (url, out, "--checkpoint", ckpt, "--chunk", 64, "--block", 128, "--tile", 92, "--max-retries", 1)
+    with FaultProxy(s3_server.endpoint_url, deny=Deny("PUT", "/out.zarr/0/c/", status, code, message,
+                                                      after=4)) as proxy:
+        assert segment(*args, *through(proxy), "--report", tmp_path / "r.json") == 3
+    report = json.loads((tmp_path / "r.json").read_text())
+    failed = report["outputs"][0]["failed"]
+    assert report["outputs"][0]["status"] == "incomplete" and failed and len(failed) == report["failed_blocks"]
+    assert all(message in f["error"] and f["rows"][1] > f["rows"][0] for f in failed), failed
+    group = s3_group(s3_server, out)
+    assert group.attrs["unet"]["status"] == "running" and "ome" not in group.attrs
+    assert "block(s) failed" in capsys.readouterr().err
+    with FaultProxy(s3_server.endpoint_url) as proxy:
+        assert segment(*args, *through(proxy), "--report", tmp_path / "r2.json") == 0
+    assert json.loads((tmp_path / "r2.json").read_text())["blocks_run"] == len(failed)
+    np.testing.assert_array_equal(s3_group(s3_server, out)["0"][:], reference_labels(model, image))
