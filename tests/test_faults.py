@@ -113,3 +113,52 @@ def test_output_refusing_writes_mid_run_is_reported_then_resumed(checkpoint, s3_
         assert segment(*args, *through(proxy), "--report", tmp_path / "r2.json") == 0
     assert json.loads((tmp_path / "r2.json").read_text())["blocks_run"] == len(failed)
     np.testing.assert_array_equal(s3_group(s3_server, out)["0"][:], reference_labels(model, image))
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 64 KiB tmpfs (``resize(path, size)`` grows it): a real local disk that runs out of space."""
+    path = tmp_path / "disk"
+    path.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(path)], capture_output=True).returncode:
+        pytest.skip("mounting a tmpfs needs root")
+    yield path
+    subprocess.run(["umount", str(path)], check=True)
+
+
+def resize(disk, size: str) -> None:
+    subprocess.run(["mount", "-o", f"remount,size={size}", str(disk)], check=True)
+
+
+def test_disk_full_mid_run_is_reported_then_resumed(checkpoint, mosaic, small_disk, tmp_path, capsys):
+    model, ckpt = checkpoint
+    image, url = mosaic
+    out = small_disk / "out.zarr"
+    args = (url, out, "--checkpoint", ckpt, "--chunk", 64, "--block", 128, "--tile", 92, "--probabilities",
+            "--max-retries", 0)
+    assert segment(*args, "--report", tmp_path / "r.json") == 3
+    report = json.loads((tmp_path / "r.json").read_text())
+    failed = report["outputs"][0]["failed"]
+    assert failed and all("No space left on device" in f["error"] for f in failed), failed
+    assert report["outputs"][0]["status"] == "incomplete"
+    group = zarr.open_group(str(out), mode="r")
+    assert group.attrs["unet"]["status"] == "running" and "ome" not in group.attrs
+    assert "block(s) failed" in capsys.readouterr().err
+    resize(small_disk, "8m")
+    assert segment(*args, "--report", tmp_path / "r2.json") == 0
+    assert json.loads((tmp_path / "r2.json").read_text())["blocks_run"] == len(failed)
+    np.testing.assert_array_equal(zarr.open_array(str(out / "0"))[:], reference_labels(model, image))
+
+
+def test_disk_full_before_the_first_block_is_one_line(checkpoint, mosaic, small_disk, capsys):
+    """No room even for the output's metadata: one line naming the output and the cause, nothing complete."""
+    _, ckpt = checkpoint
+    _, url = mosaic
+    resize(small_disk, "4k")
+    out = small_disk / "out.zarr"
+    assert segment(url, out, "--checkpoint", ckpt, "--chunk", 64, "--block", 128) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"output {out}: expected a writable location" in err, err
+    assert "No space left on device" in err
+    attrs = json.loads((out / "zarr.json").read_text()).get("attributes", {}) if (out / "zarr.json").exists() else {}
+    assert attrs.get("unet", {}).get("status") != "complete" and "ome" not in attrs
