@@ -18,8 +18,7 @@ from unet.io.ome import label_metadata
 from unet.io.output import (STATUS_COMPLETE, STATUS_RUNNING, OutputWriter, create_output, register_label,
                             update_unet_attrs, write_ome_metadata)
 from unet.io.urls import redact
-from unet.plan import BlockPlan
-from unet.pyramid import owned_levels
+from unet.pyramid import level_plan
 from unet.scheduler import Scheduler, Task
 from unet.worker import BlockRunner
 
@@ -155,23 +154,15 @@ def _run_round(scheduler: Scheduler, jobs: list, method: str, plan_of, progress:
 
 def _run_pyramids(scheduler: Scheduler, jobs: list) -> None:
     """Rounds of downsampling blocks for the levels that no block of the level above owns."""
-    covered = {id(job): _owned(job.plan, job) for job in jobs}
+    covered = {id(job): job.plan.level + job.plan.depth for job in jobs}
     while True:
         pending = [job for job in jobs if not job.failed and covered[id(job)] < len(job.spec.output.level_shapes) - 1]
         if not pending:
             return
-        plans = {id(job): BlockPlan(covered[id(job)] + 1, job.spec.output.level_shapes[covered[id(job)] + 1],
-                                    job.plan.block) for job in pending}
+        plans = {id(job): level_plan(job.spec.output, covered[id(job)] + 1, job.plan.block) for job in pending}
         _run_round(scheduler, pending, "downsample", lambda job: plans[id(job)], None)
         for job in pending:
-            covered[id(job)] = _owned(plans[id(job)], job)
-
-
-def _owned(plan: BlockPlan, job) -> int:
-    """The deepest level that every block of ``plan`` writes itself."""
-    shape = job.spec.output.level_shapes[plan.level]
-    unit, left = job.spec.output.unit, len(job.spec.output.level_shapes) - 1 - plan.level
-    return plan.level + min(owned_levels(plan.spans(axis), shape[axis], unit, left) for axis in (0, 1))
+            covered[id(job)] = plans[id(job)].level + plans[id(job)].depth
 
 
 def _start_output(job, provenance: dict) -> None:

@@ -26,6 +26,7 @@ from unet.io.source import Source, SourceSpec, open_source
 from unet.io.urls import is_inside, parse_storage_options, redact, resolve_storage_options
 from unet.model import UNet
 from unet.plan import BlockPlan, check_block_size
+from unet.pyramid import level_plan
 from unet.worker import JobSpec
 
 EXIT_PARTIAL = 3
@@ -226,7 +227,7 @@ def prepare_job(opts: SegmentOptions, pair: tuple[str, str], model: UNet, checkp
     if existing is not None and not opts.overwrite:
         _check_resumable(out_url, existing, fingerprint)
     return PreparedJob(JobSpec(source.spec, out, opts.input_range), source,
-                       BlockPlan(0, source.shape, opts.block_size), fingerprint,
+                       level_plan(out, 0, opts.block_size), fingerprint,
                        None if opts.overwrite else existing, label_name=opts.as_label)
 
 

@@ -19,7 +19,7 @@ from unet.io.output import OutputSpec, OutputWriter
 from unet.io.source import Source, SourceSpec, open_source
 from unet.plan import Block
 from unet.predict import TilePredictor
-from unet.pyramid import halve, mode2x2, owns_next_level
+from unet.pyramid import halve, mode2x2
 
 
 @dataclass(frozen=True)
@@ -82,11 +82,10 @@ class BlockRunner:
                 "write_s": time.perf_counter() - t0, "levels": levels}
 
     def _write_coarser(self, writer: OutputWriter, block: Block, labels: np.ndarray) -> list[int]:
-        """Write the halved block into every coarser level that it owns outright."""
-        shapes, unit = writer.spec.level_shapes, writer.spec.unit
-        level, rows, cols, written = block.level, block.rows, block.cols, [block.level]
-        while level + 1 < len(shapes) and owns_next_level(rows, cols, shapes[level], unit):
-            labels, rows, cols, level = mode2x2(labels), halve(rows), halve(cols), level + 1
+        """Write the halved block into the ``block.depth`` coarser levels its plan owns outright."""
+        rows, cols, written = block.rows, block.cols, [block.level]
+        for level in range(block.level + 1, block.level + 1 + block.depth):
+            labels, rows, cols = mode2x2(labels), halve(rows), halve(cols)
             writer.write(level, rows, cols, labels)
             written.append(level)
         return written
