@@ -6,13 +6,19 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import zarr
 from faultproxy import Deny, FaultProxy
-from test_segment import checkpoint, mosaic, reference_labels, segment  # noqa: F401 (fixtures)
+from test_segment import _ray_worker_pids, checkpoint, mosaic, reference_labels, segment  # noqa: F401 (fixtures)
+
+ROOT = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
@@ -162,3 +168,53 @@ def test_disk_full_before_the_first_block_is_one_line(checkpoint, mosaic, small_
     assert "No space left on device" in err
     attrs = json.loads((out / "zarr.json").read_text()).get("attributes", {}) if (out / "zarr.json").exists() else {}
     assert attrs.get("unet", {}).get("status") != "complete" and "ome" not in attrs
+
+
+def run_job_process(argv: list, ray_address: str) -> subprocess.Popen:
+    """``python jobs/segment.py ARGV`` as its own driver process, joined to the cluster at ``ray_address``."""
+    env = {**os.environ, "RAY_ADDRESS": ray_address}
+    return subprocess.Popen([sys.executable, str(ROOT / "jobs" / "segment.py"), *map(str, argv), "--no-progress"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_markers(out: Path, count: int, process: subprocess.Popen, seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    done = out / "_unet" / "done"
+    while not (done.exists() and len(list(done.iterdir())) >= count):
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "the job wrote too few done-markers in time"
+        time.sleep(0.05)
+
+
+def wait_until_no_workers(seconds: float = 60) -> None:
+    """The killed driver's actors die with it (Ray reaps an owner's actors); wait until they are gone."""
+    deadline = time.monotonic() + seconds
+    while _ray_worker_pids("BlockRunner"):
+        assert time.monotonic() < deadline, "the dead driver's workers are still running"
+        time.sleep(0.1)
+
+
+def test_driver_killed_mid_run_then_the_same_command_resumes(ray_cluster, checkpoint, tmp_path):
+    """SIGKILL the driver process once some blocks are done; the same command then runs only the blocks
+    without a marker, leaves the others untouched, and the output equals the whole-image prediction."""
+    model, ckpt = checkpoint
+    image = np.random.default_rng(13).random((256, 288), dtype=np.float32)
+    url, out = tmp_path / "in.zarr", tmp_path / "out.zarr"
+    zarr.create_array(str(url), data=image, chunks=(64, 64))
+    argv = [url, out, "--checkpoint", ckpt, "--chunk", 32, "--block", 32, "--tile", 60, "--workers", 2,
+            "--cpus-per-worker", 1]
+    address = ray_cluster.get_runtime_context().gcs_address
+    first = run_job_process(argv, address)
+    wait_for_markers(out, 10, first)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    wait_until_no_workers()
+    markers = {p.name: p.stat().st_mtime_ns for p in (out / "_unet" / "done").iterdir()}
+    assert zarr.open_group(str(out), mode="r").attrs["unet"]["status"] == "running"
+    assert 10 <= len(markers) < 8 * 9, "the driver was killed too late to test a resume"
+    second = run_job_process([*argv, "--report", tmp_path / "r.json"], address)
+    _, err = second.communicate(timeout=300)
+    assert second.returncode == 0, err
+    assert json.loads((tmp_path / "r.json").read_text())["blocks_run"] == 8 * 9 - len(markers)
+    assert all((out / "_unet" / "done" / name).stat().st_mtime_ns == t for name, t in markers.items())
+    np.testing.assert_array_equal(zarr.open_array(str(out / "0"))[:], reference_labels(model, image))
