@@ -218,3 +218,45 @@ def test_driver_killed_mid_run_then_the_same_command_resumes(ray_cluster, checkp
     assert json.loads((tmp_path / "r.json").read_text())["blocks_run"] == 8 * 9 - len(markers)
     assert all((out / "_unet" / "done" / name).stat().st_mtime_ns == t for name, t in markers.items())
     np.testing.assert_array_equal(zarr.open_array(str(out / "0"))[:], reference_labels(model, image))
+
+
+@pytest.fixture
+def two_node_cluster():
+    """A head with no CPUs and two 1-CPU worker nodes, run by tests/multinode.py in its own process; yields
+    (GCS address, a function that removes the first worker node)."""
+    helper = subprocess.Popen([sys.executable, str(ROOT / "tests" / "multinode.py"), "2"], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+
+    def remove_node() -> None:
+        helper.stdin.write("remove\n")
+        helper.stdin.flush()
+        assert helper.stdout.readline().strip() == "removed"
+
+    try:
+        yield json.loads(helper.stdout.readline())["address"], remove_node
+    finally:
+        helper.stdin.close()  # the helper stops its cluster at the end of its input
+        try:
+            helper.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            helper.kill()
+
+
+def test_lost_worker_node_its_blocks_run_elsewhere(two_node_cluster, checkpoint, tmp_path):
+    """One of two worker nodes dies mid-run with its raylet, object store and worker: the cluster has no
+    room for a replacement, so the surviving worker finishes every block; the output is exact."""
+    model, ckpt = checkpoint
+    address, remove_node = two_node_cluster
+    image = np.random.default_rng(17).random((256, 288), dtype=np.float32)
+    url, out = tmp_path / "in.zarr", tmp_path / "out.zarr"
+    zarr.create_array(str(url), data=image, chunks=(64, 64))
+    job = run_job_process([url, out, "--checkpoint", ckpt, "--chunk", 32, "--block", 32, "--tile", 60,
+                           "--workers", 2, "--cpus-per-worker", 1, "--report", tmp_path / "r.json"], address)
+    wait_for_markers(out, 10, job)
+    remove_node()
+    _, err = job.communicate(timeout=300)
+    assert job.returncode == 0, err
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["worker_restarts"] >= 1 and report["failed_blocks"] == 0
+    assert zarr.open_group(str(out), mode="r").attrs["unet"]["status"] == "complete"
+    np.testing.assert_array_equal(zarr.open_array(str(out / "0"))[:], reference_labels(model, image))
