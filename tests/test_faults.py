@@ -260,3 +260,24 @@ def test_lost_worker_node_its_blocks_run_elsewhere(two_node_cluster, checkpoint,
     assert report["worker_restarts"] >= 1 and report["failed_blocks"] == 0
     assert zarr.open_group(str(out), mode="r").attrs["unet"]["status"] == "complete"
     np.testing.assert_array_equal(zarr.open_array(str(out / "0"))[:], reference_labels(model, image))
+
+
+def test_output_refusing_the_completion_metadata_is_exit_3(checkpoint, s3_mosaic, s3_server, s3_bucket, tmp_path):
+    """Every block is written, then the write that marks the output complete is refused: exit 3, the
+    output listed as failed, not complete; the same command then only writes the metadata."""
+    model, ckpt = checkpoint
+    image, url = s3_mosaic
+    out = f"{s3_bucket}/out.zarr"
+    args = (url, out, "--checkpoint", ckpt, "--chunk", 64, "--block", 128, "--tile", 92)
+    with FaultProxy(s3_server.endpoint_url, deny=Deny("PUT", "/out.zarr/zarr.json", after=1)) as proxy:
+        assert segment(*args, *through(proxy), "--report", tmp_path / "r.json") == 3
+    report = json.loads((tmp_path / "r.json").read_text())
+    (failure,) = report["outputs"][0]["failed"]
+    assert failure["block"] is None and f"output {out}: expected a writable location" in failure["error"]
+    assert s3_group(s3_server, out).attrs["unet"]["status"] == "running"
+    with FaultProxy(s3_server.endpoint_url) as proxy:
+        assert segment(*args, *through(proxy), "--report", tmp_path / "r2.json") == 0
+    assert json.loads((tmp_path / "r2.json").read_text())["blocks_run"] == 0
+    group = s3_group(s3_server, out)
+    assert group.attrs["unet"]["status"] == "complete" and "ome" in group.attrs
+    np.testing.assert_array_equal(group["0"][:], reference_labels(model, image))

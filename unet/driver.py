@@ -14,6 +14,7 @@ import numpy as np
 import ray
 from tqdm import tqdm
 
+from unet.errors import UNetError
 from unet.io.ome import label_metadata
 from unet.io.output import (STATUS_COMPLETE, STATUS_RUNNING, OutputWriter, create_output, register_label,
                             update_unet_attrs, write_ome_metadata)
@@ -121,7 +122,7 @@ def run_jobs(jobs: list, opts, checkpoint: bytes, class_names: list[str], proven
     seconds = time.monotonic() - started
     for job in jobs:
         if not job.failed:
-            _finish_output(job, class_names, seconds)
+            _finish_or_report(job, class_names, seconds)
     return {"seconds": seconds, "blocks_run": progress.blocks_done, "new_pixels": progress.new_pixels, "mpx_per_s": progress.rate,
             "workers": res.workers, "cpus_per_worker": res.cpus, "gpus_per_worker": res.gpus,
             "worker_restarts": scheduler.replaced}
@@ -172,6 +173,16 @@ def _start_output(job, provenance: dict) -> None:
         create_output(job.spec.output, attrs, overwrite=True)
     elif job.existing.get("status") != STATUS_COMPLETE:
         update_unet_attrs(job.spec.output, status=STATUS_RUNNING, resumed_at=provenance["started_at"])
+
+
+def _finish_or_report(job, class_names: list[str], seconds: float) -> None:
+    """Mark a finished output complete; if that write is refused (no space left, access denied), list the
+    output as failed — its blocks are written, and a re-run only writes the metadata."""
+    try:
+        _finish_output(job, class_names, seconds)
+    except UNetError as e:
+        job.failed.append({"block": None, "level": None, "rows": None, "cols": None, "error": str(e)})
+        log.error("unet: %s", e)
 
 
 def _finish_output(job, class_names: list[str], seconds: float) -> None:

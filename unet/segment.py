@@ -265,7 +265,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     opts = parse_options(sys.argv[1:] if argv is None else argv)
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     data = read_checkpoint_bytes(opts.checkpoint, resolve_storage_options(opts.checkpoint, opts.storage_options))
-    model, metadata = load_checkpoint(data)
+    model, metadata = load_checkpoint(data, name=redact(opts.checkpoint))
     sha = hashlib.sha256(data).hexdigest()
     jobs = [prepare_job(opts, pair, model, sha) for pair in opts.pairs]
     if opts.dry_run:
