@@ -281,3 +281,41 @@ def test_output_refusing_the_completion_metadata_is_exit_3(checkpoint, s3_mosaic
     group = s3_group(s3_server, out)
     assert group.attrs["unet"]["status"] == "complete" and "ome" in group.attrs
     np.testing.assert_array_equal(group["0"][:], reference_labels(model, image))
+
+
+SECRET = "s3cr3t-7d1f0b"
+
+
+def ray_log_text(ray_cluster) -> str:
+    """Everything the session's Ray processes have logged so far (workers' stdout and stderr included)."""
+    logs = Path(ray_cluster._private.worker._global_node.get_logs_dir_path())
+    return "".join(p.read_text(errors="replace") for p in logs.rglob("*") if p.is_file())
+
+
+def test_secrets_never_appear_even_when_writes_fail(ray_cluster, checkpoint, s3_mosaic, s3_server, s3_bucket,
+                                                    tmp_path, capsys, caplog):
+    """A run whose writes are refused mid-run logs errors, reports failures and retries through a flaky
+    store: its secret key is in none of the output, logs (the driver's and Ray's), report or attributes."""
+    _, ckpt = checkpoint
+    _, url = s3_mosaic
+    out = f"{s3_bucket}/out.zarr"
+    with FaultProxy(s3_server.endpoint_url, fault_rate=0.1, seed=2,
+                    deny=Deny("PUT", "/out.zarr/0/c/", after=4)) as proxy:
+        options = [o.replace("secret=testing", f"secret={SECRET}") for o in through(proxy)]
+        code = segment(url, out, "--checkpoint", ckpt, "--chunk", 64, "--block", 128, "--tile", 92,
+                       "--max-retries", 0, *options, "--report", tmp_path / "r.json")
+    assert code == 3 and proxy.denied and sum(proxy.faults.values())
+    printed = capsys.readouterr()
+    texts = {"stdout": printed.out, "stderr": printed.err, "log": caplog.text,
+             "report": (tmp_path / "r.json").read_text(),
+             "attributes": json.dumps(dict(s3_group(s3_server, out).attrs)), "ray logs": ray_log_text(ray_cluster)}
+    assert "failed" in texts["log"]
+    assert not [name for name, text in texts.items() if SECRET in text]
+
+
+def test_signed_checkpoint_url_is_redacted_in_errors(s3_server, s3_mosaic, tmp_path, capsys):
+    _, url = s3_mosaic
+    signed = f"{s3_server.endpoint_url}/no-such-bucket/model.safetensors?X-Amz-Signature={SECRET}&X-Amz-Credential=k"
+    assert segment(url, tmp_path / "out.zarr", "--checkpoint", signed) == 2
+    err = capsys.readouterr().err
+    assert "model.safetensors: file not found" in err and SECRET not in err and "X-Amz" not in err
