@@ -161,9 +161,23 @@ def test_poison_block_fails_alone_then_reruns(checkpoint, tmp_path, capsys):
     np.testing.assert_array_equal(zarr.open_array(str(out / "0"))[:], reference_labels(model, image))
 
 
-def _ray_worker_pids(name: str) -> list[int]:
+def _ray_worker_pids(name: str, ancestor: int | None = None) -> list[int]:
+    """Pids of Ray actor processes titled ``ray::NAME`` that descend from ``ancestor`` (by default this test
+    process, whose child is the session cluster's raylet): never those of another Ray session on the machine."""
     found = subprocess.run(["pgrep", "-f", f"ray::{name}"], capture_output=True, text=True).stdout
-    return [int(p) for p in found.split()]
+    return [pid for pid in map(int, found.split()) if _descends(pid, ancestor or os.getpid())]
+
+
+def _descends(pid: int, ancestor: int) -> bool:
+    while pid > 1:
+        if pid == ancestor:
+            return True
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                pid = int(f.read().rsplit(")", 1)[1].split()[1])  # the parent's pid
+        except FileNotFoundError:  # exited meanwhile
+            return False
+    return False
 
 
 def test_workers_killed_mid_run(checkpoint, tmp_path):
