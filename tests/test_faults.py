@@ -45,15 +45,15 @@ def s3_group(s3_server, url: str) -> zarr.Group:
 
 
 def test_flaky_object_store_completes_with_identical_output(checkpoint, s3_mosaic, s3_server, s3_bucket, tmp_path):
-    """A fifth of all requests, reads and writes alike, get 503 SlowDown or a dropped connection."""
+    """A tenth of all requests, reads and writes alike, get 503 SlowDown or a dropped connection."""
     model, ckpt = checkpoint
     image, url = s3_mosaic
     out = f"{s3_bucket}/out.zarr"
-    with FaultProxy(s3_server.endpoint_url, fault_rate=0.2, seed=4) as proxy:
+    with FaultProxy(s3_server.endpoint_url, fault_rate=0.1, seed=4) as proxy:
         code = segment(url, out, "--checkpoint", ckpt, "--chunk", 64, "--block", 128, "--tile", 92,
                        *through(proxy), "--report", tmp_path / "r.json")
     assert code == 0
-    assert proxy.faults["503"] >= 5 and proxy.faults["drop"] >= 5 and proxy.requests["PUT"] >= 20
+    assert proxy.faults["503"] >= 3 and proxy.faults["drop"] >= 3 and proxy.requests["PUT"] >= 20
     group = s3_group(s3_server, out)
     assert group.attrs["unet"]["status"] == "complete"
     np.testing.assert_array_equal(group["0"][:], reference_labels(model, image))
@@ -67,7 +67,7 @@ def test_hung_read_is_retried_on_a_fresh_worker(checkpoint, s3_mosaic, s3_server
     out = f"{s3_bucket}/out.zarr"
     with FaultProxy(s3_server.endpoint_url, stall=("/in.zarr/c/1/2", 1)) as proxy:
         code = segment(url, out, "--checkpoint", ckpt, "--chunk", 64, "--block", 128, "--tile", 92,
-                       "--workers", 2, "--cpus-per-worker", 1, "--block-timeout", 15,
+                       "--workers", 2, "--cpus-per-worker", 1, "--block-timeout", 8,
                        *through(proxy), "--report", tmp_path / "r.json")
     assert code == 0 and proxy.stalled == 1
     assert json.loads((tmp_path / "r.json").read_text())["worker_restarts"] >= 1
