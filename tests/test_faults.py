@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import zarr
 from faultproxy import Deny, FaultProxy
 from test_segment import _ray_worker_pids, checkpoint, mosaic, reference_labels, segment  # noqa: F401 (fixtures)
@@ -310,3 +311,17 @@ def test_signed_checkpoint_url_is_redacted_in_errors(s3_server, s3_mosaic, tmp_p
     assert segment(url, tmp_path / "out.zarr", "--checkpoint", signed) == 2
     err = capsys.readouterr().err
     assert "model.safetensors: file not found" in err and SECRET not in err and "X-Amz" not in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_workers_that_cannot_start_end_the_run_with_one_line(checkpoint, mosaic, tmp_path, capsys):
+    """A worker constructor that always fails (a CUDA device on a CPU-only node): a bounded number of fresh
+    workers, then one line naming the cause, exit 2, and nothing marked complete."""
+    _, ckpt = checkpoint
+    _, url = mosaic
+    out = tmp_path / "out.zarr"
+    assert segment(url, out, "--checkpoint", ckpt, "--device", "cuda", "--workers", 1, "--cpus-per-worker", 1) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: workers: expected them to start"), err
+    assert "CUDA" in err[0] and "--device" in err[0]
+    assert zarr.open_group(str(out), mode="r").attrs["unet"]["status"] != "complete"

@@ -21,6 +21,8 @@ from typing import Any
 import ray
 from ray.exceptions import RayActorError, RayTaskError
 
+from unet.errors import UNetError
+
 POLL_SECONDS = 1.0
 
 
@@ -42,8 +44,9 @@ class _Running:
     started: float
 
 
-class WorkerStartError(RuntimeError):
-    """Actors keep dying before they start (their constructor raises, or their nodes keep failing)."""
+class WorkerStartError(UNetError):
+    """Actors keep dying before they start: their constructor raises (e.g. a device the node does not
+    have) or their nodes keep failing. The command line shows it as one line."""
 
 
 class Scheduler:
@@ -99,8 +102,9 @@ class Scheduler:
         except RayActorError as e:
             self.failed_starts += 1
             if self.failed_starts > self.max_deaths * len(self.actors):
-                raise WorkerStartError(f"workers died {self.failed_starts} times before starting; last: "
-                                       f"{str(e).strip().splitlines()[-1]}") from None
+                raise WorkerStartError(f"workers: expected them to start, found {self.failed_starts} deaths "
+                                       f"before starting; last: {str(e).strip().splitlines()[-1]} "
+                                       "(check --device and --gpus-per-worker)") from None
             self._replace(actor, running, retry)
             return
         self.failed_starts = 0
