@@ -3,6 +3,7 @@ written into their image, dtype rescaling, and the command line as a newcomer ru
 
 from __future__ import annotations
 
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -43,6 +44,8 @@ def images(tmp_path_factory):
     zarr.create_array(str(root / "u16.zarr"), data=gray.astype(np.uint16) * 257, chunks=(64, 64))
     (root / "notzarr").mkdir()
     (root / "notzarr" / "readme.txt").write_text("hello")
+    (root / "manifest.txt").write_text(f"{root / 'gray.zarr'}\n")
+    (root / "model.pt").write_bytes(pickle.dumps({"weights": [1, 2, 3]}))
     write_ome_image(root / "ome.zarr", gray)
     return root, gray
 
@@ -57,29 +60,51 @@ def write_ome_image(path: Path, image: np.ndarray) -> None:
         "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [0.5, 0.25]}]}]}]}
 
 
-BAD_INPUTS = [  # (argv after INPUT OUTPUT, input name, words the message must contain)
-    ("missing", [], "not found"),
-    ("notzarr", [], "expected a Zarr"),
-    ("line.zarr", [], "found shape (50,)"),
-    ("4d.zarr", [], "found shape (2, 2, 20, 20)"),
-    ("gray.zarr", ["--axes", "zyx"], "axes"),
-    ("ome.zarr", ["--level", "3"], "level"),
-    ("rgb.zarr", [], "expected 1 channel"),
-    ("u16.zarr", [], "--input-range"),
-    ("gray.zarr", ["--chunk", "64", "--block", "100"], "multiple of --chunk"),
-    ("gray.zarr", ["--input-range", "5"], "LO,HI"),
+BAD_INPUTS = [  # (input, argv with {root} {out} {ckpt} placeholders, words the message must contain)
+    ("INPUT that does not exist", "{root}/missing {out}", "not found"),
+    ("INPUT that is not Zarr, OME-Zarr or TIFF", "{root}/notzarr {out}", "expected a Zarr"),
+    ("1-D array", "{root}/line.zarr {out}", "found shape (50,)"),
+    ("4-D array", "{root}/4d.zarr {out}", "found shape (2, 2, 20, 20)"),
+    ("--axes other than yx, cyx, yxc", "{root}/gray.zarr {out} --axes zyx", "expected axes yx, cyx, yxc"),
+    ("--level the image does not have", "{root}/ome.zarr {out} --level 3", "level"),
+    ("channels unlike the checkpoint's", "{root}/rgb.zarr {out}", "expected 1 channel(s)"),
+    ("dtype unlike the checkpoint's", "{root}/u16.zarr {out}", "pass --input-range LO,HI"),
+    ("--input-range not LO,HI", "{root}/gray.zarr {out} --input-range 5", "expected LO,HI"),
+    ("--input-range with LO >= HI", "{root}/gray.zarr {out} --input-range 9,1", "expected LO < HI"),
+    ("--block not a multiple of --chunk", "{root}/gray.zarr {out} --chunk 64 --block 100", "multiple of --chunk"),
+    ("--shard not a multiple of --chunk", "{root}/gray.zarr {out} --chunk 64 --shard 96", "multiple of --chunk 64"),
+    ("OUTPUT missing", "{root}/gray.zarr", "OUTPUT: expected an output location"),
+    ("OUTPUT inside INPUT", "{root}/gray.zarr {root}/gray.zarr/labels", "expected a location outside INPUT"),
+    ("OUTPUT holding something else", "{root}/gray.zarr {root}/rgb.zarr", "pass --overwrite to replace it"),
+    ("--as-label on a plain array", "{root}/gray.zarr --as-label cells", "expected an OME-Zarr image as INPUT"),
+    ("--as-label with an OUTPUT", "{root}/ome.zarr {out} --as-label cells", "expected no OUTPUT"),
+    ("--manifest and INPUT OUTPUT", "{root}/gray.zarr {out} --manifest {root}/manifest.txt",
+     "expected either --manifest or INPUT OUTPUT"),
+    ("--manifest line without two fields", "--manifest {root}/manifest.txt", "expected 'INPUT OUTPUT'"),
+    ("--storage-option without =", "{root}/gray.zarr {out} --storage-option anon", "expected KEY=VALUE"),
+    ("--checkpoint that does not exist", "{root}/gray.zarr {out} --ckpt {root}/missing.safetensors",
+     "missing.safetensors: file not found"),
+    ("--checkpoint that is a pickle", "{root}/gray.zarr {out} --ckpt {root}/model.pt",
+     "model.pt: expected a safetensors file, found a Python pickle"),
 ]
 
 
-@pytest.mark.parametrize("name, extra, words", BAD_INPUTS, ids=[f"{b[0]}{''.join(b[1])}" for b in BAD_INPUTS])
+@pytest.mark.parametrize("name, argv, words", BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(uint8_checkpoint, images, tmp_path, capsys,
-                                                         name, extra, words):
+                                                         name, argv, words):
     root, _ = images
     out = tmp_path / "out.zarr"
-    assert run(main, [str(root / name), str(out), "--checkpoint", uint8_checkpoint[1], *extra]) == 2
+    args = argv.format(root=root, out=out).split()
+    if "--ckpt" in args:
+        args[args.index("--ckpt")] = "--checkpoint"
+    else:
+        args += ["--checkpoint", uint8_checkpoint[1]]
+    before = sorted(p.relative_to(root) for p in root.rglob("*"))
+    assert run(main, args) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("error: ") and words in err, err
     assert "Traceback" not in err and not out.exists()
+    assert sorted(p.relative_to(root) for p in root.rglob("*")) == before
 
 
 @pytest.mark.parametrize("output", ["{input}", "{input}/inner.zarr"])

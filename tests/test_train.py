@@ -246,11 +246,11 @@ def _nan_image(root: Path) -> None:
     (root / "masks" / "img0.png").unlink()
 
 
-BAD_DATA = {
+BAD_DATA = {  # (case: (make the folder, words the message must contain)); the README shows them
     "missing folder": (lambda root: None, "not found"),
     "no masks folder": (lambda root: (make_folder(root), shutil.rmtree(root / "masks")),
                         "expected a subfolder masks/"),
-    "empty images": (lambda root: [(root / s).mkdir(parents=True) for s in ("images", "masks")],
+    "no image files": (lambda root: [(root / s).mkdir(parents=True) for s in ("images", "masks")],
                      "found none"),
     "image without mask": (lambda root: (make_folder(root), (root / "masks" / "img1.png").unlink()),
                            "img1.png: has no mask"),
@@ -261,8 +261,8 @@ BAD_DATA = {
     "class out of range": (lambda root: (make_folder(root), write(root / "masks" / "img0.png",
                                                                   np.full((64, 72), 2, np.uint8))),
                            "expected class indices 0..1 (2 classes), found 2"),
-    "nan": (lambda root: (make_folder(root, n=2), _nan_image(root)), "expected finite values, found NaN"),
-    "unreadable": (lambda root: (make_folder(root), (root / "images" / "img0.png").write_bytes(b"not a png")),
+    "NaN in an image": (lambda root: (make_folder(root, n=2), _nan_image(root)), "expected finite values, found NaN"),
+    "unreadable image": (lambda root: (make_folder(root), (root / "images" / "img0.png").write_bytes(b"not a png")),
                    "cannot be read as PNG"),
     "mixed channels": (lambda root: (make_folder(root), write(root / "images" / "img1.png",
                                                               np.zeros((64, 72, 3), np.uint8))),
@@ -321,7 +321,7 @@ def test_resume_on_data_of_another_dtype_is_refused(tmp_path, capsys, data_and_c
     assert "trained on uint8 images, the data are uint16" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("options,message", [
+BAD_OPTIONS = [  # (options, words the message must contain); the README's bad-input table shows them
     (["--tile", "45"], "tile: input size 45 is not valid"),
     (["--val-fraction", "0.9"], "leaves none for training"),
     (["--instances", "--classes", "3"], "2 classes with instance masks"),
@@ -330,7 +330,10 @@ def test_resume_on_data_of_another_dtype_is_refused(tmp_path, capsys, data_and_c
     (["--augment", "-1"], "augmentation: expected"),
     (["--device", "tpu"], "device: expected cpu, cuda, cuda:N or auto, found 'tpu'"),
     (["--device", "cuda:99"], "device: cuda:99 requested, but torch finds"),
-])
+]
+
+
+@pytest.mark.parametrize("options,message", BAD_OPTIONS)
 def test_bad_options_are_one_line_and_exit_2(tmp_path, capsys, options, message):
     data = make_folder(tmp_path / "data", n=2)
     assert job("--data", str(data), "--out", str(tmp_path / "m.safetensors"), *TINY, *options) == 2

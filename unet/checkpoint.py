@@ -13,6 +13,7 @@ import safetensors.torch
 import torch
 
 from unet.errors import CheckpointError
+from unet.io.urls import redact
 from unet.model import UNet, UNetConfig
 
 FORMAT = "unet-checkpoint"
@@ -45,9 +46,10 @@ def save_checkpoint(model: UNet, path: str | os.PathLike, **metadata: Any) -> No
 
 def read_checkpoint_bytes(source: str | os.PathLike, storage_options: dict | None = None) -> bytes:
     """The raw bytes of a checkpoint at a path or fsspec URL."""
-    name = os.fspath(source)
+    url = os.fspath(source)
+    name = redact(url)  # a signed URL's query string is a secret
     try:
-        with fsspec.open(name, "rb", **(storage_options or {})) as f:
+        with fsspec.open(url, "rb", **(storage_options or {})) as f:
             return f.read()
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint {name}: file not found") from None
@@ -56,9 +58,10 @@ def read_checkpoint_bytes(source: str | os.PathLike, storage_options: dict | Non
 
 
 def load_checkpoint(source: str | os.PathLike | bytes, device: str | torch.device | None = None,
-                    storage_options: dict | None = None) -> tuple[UNet, dict[str, Any]]:
-    """Rebuild the model from a checkpoint (path, URL or bytes); returns ``(model, metadata)``."""
-    name = "<bytes>" if isinstance(source, bytes) else os.fspath(source)
+                    storage_options: dict | None = None, name: str | None = None) -> tuple[UNet, dict[str, Any]]:
+    """Rebuild the model from a checkpoint (path, URL or bytes); returns ``(model, metadata)``. ``name``
+    is what errors call it (bytes read from a file should be called by the file's name)."""
+    name = name or ("<bytes>" if isinstance(source, bytes) else redact(os.fspath(source)))
     data = source if isinstance(source, bytes) else read_checkpoint_bytes(source, storage_options)
     header = _header(data, name)
     try:

@@ -15,13 +15,13 @@ import ray
 from ray.autoscaler.sdk import request_resources
 from tqdm import tqdm
 
+from unet.errors import UNetError
 from unet.io.ome import label_metadata
 from unet.io.output import (STATUS_COMPLETE, STATUS_RUNNING, OutputWriter, create_output, register_label,
                             update_unet_attrs, write_ome_metadata)
 from unet.io.urls import redact
 from unet.objects_job import create_instances, run_objects
-from unet.plan import BlockPlan
-from unet.pyramid import owned_levels
+from unet.pyramid import level_plan
 from unet.scheduler import Scheduler, Task
 from unet.worker import BlockRunner
 
@@ -139,7 +139,7 @@ def run_jobs(jobs: list, opts, checkpoint: bytes, class_names: list[str], proven
     seconds = time.monotonic() - started
     for job in jobs:
         if not job.failed:
-            _finish_output(job, class_names, seconds)
+            _finish_or_report(job, class_names, seconds)
     return {"seconds": seconds, "blocks_run": progress.blocks_done, "new_pixels": progress.new_pixels, "mpx_per_s": progress.rate,
             "network_s": progress.network_s, "network_cpu_s": progress.network_cpu_s,
             "network_busy": progress.network_s / max(seconds * res.workers, 1e-9),
@@ -186,23 +186,15 @@ def _method(job, block, method: str) -> str:
 
 def _run_pyramids(scheduler: Scheduler, jobs: list) -> None:
     """Rounds of downsampling blocks for the levels that no block of the level above owns."""
-    covered = {id(job): _owned(job.plan, job) for job in jobs}
+    covered = {id(job): job.plan.level + job.plan.depth for job in jobs}
     while True:
         pending = [job for job in jobs if not job.failed and covered[id(job)] < len(job.spec.output.level_shapes) - 1]
         if not pending:
             return
-        plans = {id(job): BlockPlan(covered[id(job)] + 1, job.spec.output.level_shapes[covered[id(job)] + 1],
-                                    job.plan.block) for job in pending}
+        plans = {id(job): level_plan(job.spec.output, covered[id(job)] + 1, job.plan.block) for job in pending}
         _run_round(scheduler, pending, "downsample", lambda job: plans[id(job)], None)
         for job in pending:
-            covered[id(job)] = _owned(plans[id(job)], job)
-
-
-def _owned(plan: BlockPlan, job) -> int:
-    """The deepest level that every block of ``plan`` writes itself."""
-    shape = job.spec.output.level_shapes[plan.level]
-    unit, left = job.spec.output.unit, len(job.spec.output.level_shapes) - 1 - plan.level
-    return plan.level + min(owned_levels(plan.spans(axis), shape[axis], unit, left) for axis in (0, 1))
+            covered[id(job)] = plans[id(job)].level + plans[id(job)].depth
 
 
 def _start_output(job, provenance: dict) -> None:
@@ -214,6 +206,16 @@ def _start_output(job, provenance: dict) -> None:
             create_instances(job.spec.objects)
     elif job.existing.get("status") != STATUS_COMPLETE:
         update_unet_attrs(job.spec.output, status=STATUS_RUNNING, resumed_at=provenance["started_at"])
+
+
+def _finish_or_report(job, class_names: list[str], seconds: float) -> None:
+    """Mark a finished output complete; if that write is refused (no space left, access denied), list the
+    output as failed — its blocks are written, and a re-run only writes the metadata."""
+    try:
+        _finish_output(job, class_names, seconds)
+    except UNetError as e:
+        job.failed.append({"block": None, "level": None, "rows": None, "cols": None, "error": str(e)})
+        log.error("unet: %s", e)
 
 
 def _finish_output(job, class_names: list[str], seconds: float) -> None:

@@ -19,12 +19,14 @@ from unet.errors import UNetError
 
 @dataclass(frozen=True)
 class Block:
-    """One unit of work: output rows x cols of pyramid ``level`` (0 = full resolution)."""
+    """One unit of work: output rows x cols of pyramid ``level`` (0 = full resolution), also written,
+    halved each time, into the next ``depth`` levels."""
 
     level: int
     index: tuple[int, int]
     rows: tuple[int, int]
     cols: tuple[int, int]
+    depth: int = 0
 
     @property
     def key(self) -> str:
@@ -46,11 +48,13 @@ class Block:
 
 @dataclass(frozen=True)
 class BlockPlan:
-    """A grid of blocks over an array of ``shape``, each ``block`` pixels (edges clipped)."""
+    """A grid of blocks over an array of ``shape``, each ``block`` pixels (edges clipped); each block also
+    writes the next ``depth`` pyramid levels (see ``unet.pyramid.level_plan``)."""
 
     level: int
     shape: tuple[int, int]
     block: int
+    depth: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_sizes", normalize_chunks((self.block, self.block), self.shape))
@@ -70,7 +74,7 @@ class BlockPlan:
     def __iter__(self) -> Iterator[Block]:
         rows, cols = self.spans(0), self.spans(1)
         for iy, ix in itertools.product(range(len(rows)), range(len(cols))):
-            yield Block(self.level, (iy, ix), rows[iy], cols[ix])
+            yield Block(self.level, (iy, ix), rows[iy], cols[ix], self.depth)
 
 
 def check_block_size(block: int, chunk: int, shard: int | None) -> None:

@@ -1,15 +1,24 @@
 """Label pyramids: each level halves the previous one, never by averaging labels: class images by a 2x2
 mode, instance images (object ids) by decimation.
 
-A worker that has just written a block of level ``k`` also writes the part of level ``k + 1`` that its
-block owns outright: the halved block must start on a pixel pair and cover whole writing units (chunks or
-shards) of the coarser level, or two workers would share a chunk. Levels no block owns are built
-afterwards, in rounds of blocks over the level above them.
+A worker that has just written a block of level ``k`` also writes its halved copies into the coarser
+levels that every block of its plan owns outright: a halved block must start on a pixel pair and cover
+whole writing units (chunks or shards) of the coarser level, or two workers would share a chunk. The depth
+is the same for every block of a plan — an edge block that could go deeper would write pixels that a later
+round writes again. Levels no block owns are built afterwards, in rounds of blocks over the level above.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
 import numpy as np
+
+from unet.plan import BlockPlan
+
+if TYPE_CHECKING:
+    from unet.io.output import OutputSpec
 
 
 def mode2x2(labels: np.ndarray) -> np.ndarray:
@@ -44,15 +53,19 @@ def halve(span: tuple[int, int]) -> tuple[int, int]:
     return span[0] // 2, -(-span[1] // 2)
 
 
-def owns_next_level(rows: tuple[int, int], cols: tuple[int, int], shape: tuple[int, int], unit: int) -> bool:
-    """Whether a block of rows x cols in a level of ``shape`` can write its halved copy in the next level
-    without sharing a pixel pair or a writing unit of ``unit`` pixels with any other block."""
-    return _axis_owns(rows, shape[0], unit) and _axis_owns(cols, shape[1], unit)
+def level_plan(out: OutputSpec, level: int, block: int) -> BlockPlan:
+    """The blocks of pyramid ``level`` of ``out``, with the number of coarser levels each one writes."""
+    shapes = out.level_shapes
+    plan = BlockPlan(level, shapes[level], block)
+    depth = min(owned_levels(plan.spans(axis), shapes[level][axis], out.unit, len(shapes) - 1 - level)
+                for axis in (0, 1))
+    return replace(plan, depth=depth)
 
 
 def owned_levels(spans: list[tuple[int, int]], size: int, unit: int, levels: int) -> int:
     """How many further levels (at most ``levels``) every one of ``spans`` along an axis of ``size``
-    pixels owns: the pyramid levels that blocks write themselves, with no round of their own."""
+    pixels owns, without sharing a pixel pair or a writing unit of ``unit`` pixels with another span: the
+    pyramid levels that blocks write themselves, with no round of their own."""
     depth = levels
     for span in spans:
         n, s, k = 0, size, span

@@ -4,6 +4,10 @@ It tracks in-flight work itself with ``ray.wait`` (``ray.util.ActorPool`` wedges
 whose actor died, or that ran past its timeout, runs again on a fresh actor; a task that raised is retried
 a bounded number of times, then reported as failed. Tasks are drawn lazily from an iterator, so the driver's
 memory does not grow with the number of blocks.
+
+Tasks go only to actors that have started: a fresh actor may wait for a node (one was lost and the cluster
+has no spare room until the autoscaler adds one) while the others carry the work, and a task's timeout
+never counts an actor's start-up.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from typing import Any
 
 import ray
 from ray.exceptions import RayActorError, RayTaskError
+
+from unet.errors import UNetError
 
 POLL_SECONDS = 1.0
 
@@ -38,17 +44,24 @@ class _Running:
     started: float
 
 
+class WorkerStartError(UNetError):
+    """Actors keep dying before they start: their constructor raises (e.g. a device the node does not
+    have) or their nodes keep failing. The command line shows it as one line."""
+
+
 class Scheduler:
     """Runs tasks on ``workers`` actors made by ``make_actor``, ``per_worker`` at a time on each."""
 
     def __init__(self, make_actor: Callable[[], Any], workers: int, *, per_worker: int = 2,
                  max_attempts: int = 3, max_deaths: int = 5, timeout: float | None = None):
         self.make_actor = make_actor
-        self.actors = [make_actor() for _ in range(workers)]
         self.per_worker = per_worker
         self.max_attempts, self.max_deaths, self.timeout = max_attempts, max_deaths, timeout
-        self.replaced = 0
+        self.replaced = self.failed_starts = 0
         self.completed = 0  # tasks finished, over every run
+        self._starting: dict[ray.ObjectRef, Any] = {}  # readiness probe -> actor not started yet
+        self._ready: set[int] = set()                  # id() of started actors
+        self.actors = [self._start() for _ in range(workers)]
 
     def run(self, tasks: Iterator[Task], on_done: Callable[[Task, Any], None],
             on_failed: Callable[[Task, str], None]) -> None:
@@ -58,11 +71,16 @@ class Scheduler:
         tasks = iter(tasks)
         while True:
             self._fill(running, retry, tasks)
-            if not running:
-                return
-            ready, _ = ray.wait(list(running), num_returns=1, timeout=POLL_SECONDS)
+            if not running and not retry:
+                task = next(tasks, None)
+                if task is None:
+                    return
+                retry.append(task)  # no actor has started yet: hold the task until one has
+            ready, _ = ray.wait([*running, *self._starting], num_returns=1, timeout=POLL_SECONDS)
             for ref in ready:
-                if ref in running:
+                if ref in self._starting:
+                    self._started(ref, running, retry)
+                elif ref in running:
                     self._collect(ref, running, retry, on_done, on_failed)
             self._expire(running, retry, on_failed)
 
@@ -70,14 +88,35 @@ class Scheduler:
         """Kill the pool's actors, releasing their CPUs and GPUs for whatever runs next."""
         for actor in self.actors:
             ray.kill(actor, no_restart=True)
-        self.actors = []
+        self.actors, self._starting, self._ready = [], {}, set()
+
+    def _start(self) -> Any:
+        """A new actor, with a probe that answers once Ray has placed it and its constructor has run."""
+        actor = self.make_actor()
+        self._starting[actor.__ray_ready__.remote()] = actor
+        return actor
+
+    def _started(self, probe: ray.ObjectRef, running: dict, retry: deque) -> None:
+        actor = self._starting.pop(probe)
+        try:
+            ray.get(probe)
+        except RayActorError as e:
+            self.failed_starts += 1
+            if self.failed_starts > self.max_deaths * len(self.actors):
+                raise WorkerStartError(f"workers: expected them to start, found {self.failed_starts} deaths "
+                                       f"before starting; last: {str(e).strip().splitlines()[-1]} "
+                                       "(check --device and --gpus-per-worker)") from None
+            self._replace(actor, running, retry)
+            return
+        self.failed_starts = 0
+        self._ready.add(id(actor))
 
     def _fill(self, running: dict, retry: deque, tasks: Iterator[Task]) -> None:
         load = {id(a): 0 for a in self.actors}
         for r in running.values():
             load[id(r.actor)] += 1
         for actor in self.actors:
-            while load[id(actor)] < self.per_worker:
+            while id(actor) in self._ready and load[id(actor)] < self.per_worker:
                 task = retry.popleft() if retry else next(tasks, None)
                 if task is None:
                     return
@@ -127,7 +166,9 @@ class Scheduler:
         if slot is None:  # already replaced
             return
         ray.kill(actor, no_restart=True)
-        self.actors[slot] = self.make_actor()
+        self._ready.discard(id(actor))
+        self._starting = {probe: a for probe, a in self._starting.items() if a is not actor}
+        self.actors[slot] = self._start()
         self.replaced += 1
         for ref, entry in list(running.items()):
             if entry.actor is actor:

@@ -29,6 +29,7 @@ from unet.io.urls import is_inside, parse_storage_options, redact, resolve_stora
 from unet.model import UNet
 from unet.objects_job import object_classes, objects_spec
 from unet.plan import BlockPlan, check_block_size
+from unet.pyramid import level_plan
 from unet.roi import RegionOfInterest, load_roi
 from unet.worker import JobSpec
 
@@ -269,7 +270,7 @@ def prepare_job(opts: SegmentOptions, pair: tuple[str, str], model: UNet, checkp
         _check_resumable(out_url, existing, fingerprint)
     existing = None if opts.overwrite else existing
     return PreparedJob(JobSpec(source.spec, out, opts.input_range, objects), source,
-                       BlockPlan(0, source.shape, opts.block_size), fingerprint, existing,
+                       level_plan(out, 0, opts.block_size), fingerprint, existing,
                        label_name=opts.as_label, roi=roi, object_counts=(existing or {}).get("objects"))
 
 
@@ -307,7 +308,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     opts = parse_options(sys.argv[1:] if argv is None else argv)
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     data = read_checkpoint_bytes(opts.checkpoint, resolve_storage_options(opts.checkpoint, opts.storage_options))
-    model, metadata = load_checkpoint(data)
+    model, metadata = load_checkpoint(data, name=redact(opts.checkpoint))
     sha = hashlib.sha256(data).hexdigest()
     class_names = list(metadata.get("class_names") or [f"class {k}" for k in range(model.config.num_classes)])
     jobs = [prepare_job(opts, pair, model, sha, class_names) for pair in opts.pairs]

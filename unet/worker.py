@@ -21,7 +21,7 @@ from unet.io.source import Source, SourceSpec, open_source
 from unet.objects_job import ObjectsSpec, relabel_block, store_block_objects
 from unet.plan import Block
 from unet.predict import TilePredictor, class_index
-from unet.pyramid import decimate2x2, halve, mode2x2, owns_next_level
+from unet.pyramid import decimate2x2, halve, mode2x2
 from unet.skip import EmptyBlocks
 from unet.tiling import Reader
 
@@ -137,11 +137,10 @@ class BlockRunner:
                 "write_s": time.perf_counter() - t0, "levels": levels}
 
     def _write_coarser(self, writer: OutputWriter, block: Block, labels: np.ndarray) -> list[int]:
-        """Write the halved block into every coarser level that it owns outright."""
-        shapes, unit, halving = writer.spec.level_shapes, writer.spec.unit, _halving(writer.spec)
-        level, rows, cols, written = block.level, block.rows, block.cols, [block.level]
-        while level + 1 < len(shapes) and owns_next_level(rows, cols, shapes[level], unit):
-            labels, rows, cols, level = halving(labels), halve(rows), halve(cols), level + 1
+        """Write the halved block into the ``block.depth`` coarser levels its plan owns outright."""
+        rows, cols, written, halving = block.rows, block.cols, [block.level], _halving(writer.spec)
+        for level in range(block.level + 1, block.level + 1 + block.depth):
+            labels, rows, cols = halving(labels), halve(rows), halve(cols)
             writer.write(level, rows, cols, labels)
             written.append(level)
         return written

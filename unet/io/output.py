@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import posixpath
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,8 +75,23 @@ def read_unet_attrs(spec: OutputSpec) -> dict[str, Any] | None:
     return {} if fs.exists(path) else None
 
 
+@contextmanager
+def writing(spec: OutputSpec) -> Iterator[None]:
+    """Turn a refused write of the output's metadata (no space left, access denied) into one clear line."""
+    try:
+        yield
+    except OSError as e:  # PermissionError and s3fs's translated S3 errors are OSErrors too
+        raise UNetError(f"output {redact(spec.url)}: expected a writable location, found {type(e).__name__}: "
+                        f"{e.strerror or e}") from None
+
+
 def create_output(spec: OutputSpec, unet_attrs: dict[str, Any], overwrite: bool) -> None:
     """Create the group and every array (empty: Zarr stores no chunk that is entirely fill value)."""
+    with writing(spec):
+        _create_output(spec, unet_attrs, overwrite)
+
+
+def _create_output(spec: OutputSpec, unet_attrs: dict[str, Any], overwrite: bool) -> None:
     if overwrite:
         fs, path = filesystem(spec.url, spec.storage_options)
         if fs.exists(path):
@@ -95,22 +112,25 @@ def create_output(spec: OutputSpec, unet_attrs: dict[str, Any], overwrite: bool)
 
 
 def update_unet_attrs(spec: OutputSpec, **changes: Any) -> None:
-    group = zarr.open_group(open_store(spec.url, spec.storage_options), mode="r+")
-    group.attrs["unet"] = {**group.attrs.get("unet", {}), **changes}
+    with writing(spec):
+        group = zarr.open_group(open_store(spec.url, spec.storage_options), mode="r+")
+        group.attrs["unet"] = {**group.attrs.get("unet", {}), **changes}
 
 
 def write_ome_metadata(spec: OutputSpec, ome: dict[str, Any]) -> None:
-    group = zarr.open_group(open_store(spec.url, spec.storage_options), mode="r+")
-    group.attrs["ome"] = ome
+    with writing(spec):
+        group = zarr.open_group(open_store(spec.url, spec.storage_options), mode="r+")
+        group.attrs["ome"] = ome
 
 
 def register_label(spec: OutputSpec, name: str) -> None:
     """Add ``name`` to the ``labels`` list of the OME ``labels`` group that holds this output."""
     parent = spec.url.rstrip("/").rsplit("/", 1)[0]
-    group = zarr.open_group(open_store(parent, spec.storage_options), mode="a")
-    ome = dict(group.attrs.get("ome", {"version": "0.5"}))
-    ome["labels"] = sorted({*ome.get("labels", []), name})
-    group.attrs["ome"] = ome
+    with writing(spec):
+        group = zarr.open_group(open_store(parent, spec.storage_options), mode="a")
+        ome = dict(group.attrs.get("ome", {"version": "0.5"}))
+        ome["labels"] = sorted({*ome.get("labels", []), name})
+        group.attrs["ome"] = ome
 
 
 class OutputWriter:
@@ -154,12 +174,9 @@ def check_writable(spec: OutputSpec) -> None:
     """Fail early, with a clear message, when the output location cannot be written."""
     fs, path = filesystem(spec.url, spec.storage_options)
     probe = posixpath.join(path, "_unet", "write-probe")
-    try:
+    with writing(spec):
         _put(fs, probe, b"")
         fs.rm_file(probe)
-    except (PermissionError, OSError) as e:
-        raise UNetError(f"output {redact(spec.url)}: expected a writable location, found {type(e).__name__}: "
-                        f"{e.strerror or e}") from None
 
 
 def _put(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
