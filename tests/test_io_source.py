@@ -158,7 +158,7 @@ def _make_bad_input(tmp_path, kind):
 
 
 @pytest.mark.parametrize("kind, message", [
-    ("missing", r"input \S+/in: not found$"),
+    ("missing", r"input \S+/in: not found \(expected a Zarr array"),
     ("text file", "expected a Zarr store .* or a TIFF file, found a file that is neither"),
     ("fake tiff", "expected a readable TIFF image"),
     ("empty dir", "expected a Zarr array or group, found no zarr.json/.zarray/.zgroup"),
@@ -372,8 +372,8 @@ def test_s3_tiff_reads_through_a_file_handle(s3_server, s3_bucket, tmp_path):
 
 def test_s3_missing_bucket_key_and_unreachable_endpoint_fail_fast(s3_server, s3_bucket):
     write_zarr(f"{s3_bucket}/m.zarr", np.zeros((9, 9), "u1"), chunks=(9, 9), storage_options=s3_server.storage_options)
-    cases = [("s3://no-such-bucket-here/m.zarr", s3_server.storage_options, "not found$"),
-             (f"{s3_bucket}/missing.zarr", s3_server.storage_options, "not found$"),
+    cases = [("s3://no-such-bucket-here/m.zarr", s3_server.storage_options, "not found \\(expected a Zarr array"),
+             (f"{s3_bucket}/missing.zarr", s3_server.storage_options, "not found \\(expected a Zarr array"),
              (f"{s3_bucket}/m.zarr", {"key": "k", "secret": "s3cr3t",
                                       "client_kwargs": {"endpoint_url": "http://user:s3cr3t@127.0.0.1:9"}},
               "cannot reach the storage .*check the endpoint URL")]
@@ -416,5 +416,5 @@ def test_http_zarr_and_tiff_open_although_http_has_no_directories(http_root):
     source = open_source(SourceSpec(f"{base}/p.tif?sig=s3cr3t", level=1))
     np.testing.assert_array_equal(source.read(slice(0, 151), slice(200, 259)),
                                   rgb[::2, ::2][:, 200:].transpose(2, 0, 1))
-    with pytest.raises(UNetError, match=r"input http://127.0.0.1:\d+/none.zarr: not found$"):
+    with pytest.raises(UNetError, match=r"input http://127.0.0.1:\d+/none.zarr: not found \(expected a Zarr array"):
         open_source(SourceSpec(f"{base}/none.zarr"))

@@ -86,6 +86,14 @@ BAD_INPUTS = [  # (input, argv with {root} {out} {ckpt} placeholders, words the 
      "missing.safetensors: file not found"),
     ("--checkpoint that is a pickle", "{root}/gray.zarr {out} --ckpt {root}/model.pt",
      "model.pt: expected a safetensors file, found a Python pickle"),
+    ("--object-classes without --objects", "{root}/gray.zarr {out} --object-classes 1",
+     "expected together with --objects"),
+    ("--object-classes the checkpoint does not have", "{root}/gray.zarr {out} --objects --object-classes 7",
+     "expected classes 0..1 or names"),
+    ("--min-area below 0", "{root}/gray.zarr {out} --objects --min-area -1", "expected a number of pixels >= 0"),
+    ("--roi that does not exist", "{root}/gray.zarr {out} --roi {root}/missing-roi.png",
+     "not found (expected a 2-D Zarr array or a PNG/TIFF/JPEG mask)"),
+    ("--roi that is not a 2-D mask", "{root}/gray.zarr {out} --roi {root}/4d.zarr", "expected a 2-D mask (y, x)"),
 ]
 
 

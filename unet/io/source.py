@@ -107,12 +107,15 @@ def open_source(spec: SourceSpec) -> Source:
     return _open_group(spec, name, node)
 
 
+NOT_FOUND = "not found (expected a Zarr array or group, an OME-Zarr image or a TIFF file)"
+
+
 def _is_tiff(url: str, storage_options: Mapping[str, Any], name: str) -> bool:
     """Whether ``url`` is a TIFF file (False: a Zarr location); UNetError if it is missing or unreachable."""
     if is_local(url):
         path = local_path(url)
         if not os.path.exists(path):
-            raise UNetError(f"input {name}: not found")
+            raise UNetError(f"input {name}: {NOT_FOUND}")
         if os.path.isdir(path):
             return False
         with open(path, "rb") as f:
@@ -140,7 +143,7 @@ def _probe_remote(url: str, storage_options: Mapping[str, Any], name: str) -> by
             return None
         return None if fs.info(path).get("type") == "directory" else fs.cat_file(path, start=0, end=4)
     except FileNotFoundError:
-        raise UNetError(f"input {name}: not found") from None
+        raise UNetError(f"input {name}: {NOT_FOUND}") from None
     except PermissionError as e:
         raise UNetError(f"input {name}: access denied ({redact_text(str(e))}); check the credentials "
                         f"in --storage-option or the AWS_* environment") from None
