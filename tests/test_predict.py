@@ -163,6 +163,17 @@ def test_amp_and_channels_last_agree_with_float32(float32_result, amp, channels_
         assert diff < 1e-4 and agreement == 1.0
 
 
+def test_compiled_network_agrees_with_eager(float32_result):
+    """torch.compile (--compile) on CPU, as on a GPU: compiled for real, same probabilities."""
+    model, image, expected = float32_result
+    predictor = TilePredictor(model, tile=92, device="cpu", compile=True)
+    assert predictor.network is not predictor.model and hasattr(predictor.network, "_orig_mod")
+    got = _predict_with(predictor, image)
+    model.to(memory_format=torch.contiguous_format)
+    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+    assert (got.argmax(0) == expected.argmax(0)).all()
+
+
 def test_cpu_defaults_to_float32_and_channels_last():
     predictor = TilePredictor(_model(2), tile=20, device="cpu")
     assert predictor.amp is False and predictor.channels_last is True

@@ -120,7 +120,7 @@ def run_jobs(jobs: list, opts, checkpoint: bytes, class_names: list[str], proven
 
     def make_actor():
         return actor.remote(ref, tile=opts.tile, batch_size=opts.batch_size, device=device, amp=opts.amp,
-                            threads=threads, block=opts.block_size)
+                            threads=threads, block=opts.block_size, compile=opts.compile)
 
     for job in jobs:
         _start_output(job, provenance)

@@ -55,6 +55,7 @@ class SegmentOptions:
     cpus_per_worker: float | None = None
     device: str | None = None
     amp: bool | None = None
+    compile: bool = False
     probabilities: bool = False
     overwrite: bool = False
     as_label: str | None = None
@@ -146,6 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per worker (default 0: CPU)")
     g.add_argument("--cpus-per-worker", type=float, help="CPU cores per worker (default: 4, or all if fewer)")
     g.add_argument("--device", help="torch device for workers (default: cuda if the worker has a GPU)")
+    g.add_argument("--compile", action="store_true",
+                   help="run the network through torch.compile (pays off on long GPU runs; slow start)")
     g.add_argument("--no-amp", dest="amp", action="store_false", default=None,
                    help="float32 on GPU instead of bf16 autocast (bit-exact seams)")
     g.add_argument("--block-timeout", type=float, default=1800.0, help="seconds before a block is retried")
@@ -166,7 +169,7 @@ def parse_options(argv: Sequence[str]) -> SegmentOptions:
     return SegmentOptions(
         pairs=_pairs(a), checkpoint=a.checkpoint, level=a.level, axes=a.axes, chunk=a.chunk, shard=a.shard,
         block=a.block, tile=a.tile, batch_size=a.batch_size, workers=a.workers, gpus_per_worker=a.gpus_per_worker,
-        cpus_per_worker=a.cpus_per_worker, device=a.device, amp=a.amp, probabilities=a.probabilities,
+        cpus_per_worker=a.cpus_per_worker, device=a.device, amp=a.amp, compile=a.compile, probabilities=a.probabilities,
         overwrite=a.overwrite, as_label=a.as_label, input_range=_range(a.input_range), roi=a.roi,
         storage_options=parse_storage_options(a.storage_option), dry_run=a.dry_run, report=a.report,
         block_timeout=a.block_timeout, max_retries=a.max_retries, progress=a.progress, **_object_options(a))

@@ -43,13 +43,13 @@ class BlockRunner:
 
     def __init__(self, checkpoint: bytes, *, tile: int | None = None, batch_size: int | None = None,
                  device: str | None = None, amp: bool | None = None, threads: int | None = None,
-                 block: int | None = None):
+                 block: int | None = None, compile: bool = False):
         if threads:
             torch.set_num_threads(threads)
         model, _ = load_checkpoint(checkpoint)
         self.contract = model.config.input
         self.predictor = TilePredictor(model, tile=tile, batch_size=batch_size, device=device, amp=amp,
-                                       image_shape=(block, block) if block else None)
+                                       image_shape=(block, block) if block else None, compile=compile)
         self.empty = EmptyBlocks(self.predictor)
         self._lock = threading.Lock()
         self._sources: dict[SourceSpec, Source] = {}
