@@ -290,10 +290,13 @@ def test_bad_data_is_one_line_and_exit_2(tmp_path, capsys, case):
     prepare, message = BAD_DATA[case]
     root = tmp_path / "data"
     prepare(root)
-    assert job("--data", str(root), "--out", str(tmp_path / "m.safetensors"), *TINY) == 2
+    previous = tmp_path / "m.safetensors"
+    previous.write_bytes(b"an earlier checkpoint")
+    assert job("--data", str(root), "--out", str(previous), *TINY) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and message in err
-    assert not (tmp_path / "m.safetensors").exists()
+    assert previous.read_bytes() == b"an earlier checkpoint"              # left intact
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("m.")] == ["m.safetensors"]
 
 
 @pytest.fixture
