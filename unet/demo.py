@@ -2,8 +2,8 @@
 the segmentation job over the whole mosaic on local Ray, scores against the truth and a PNG preview.
 
 Every scene has a recipe: how to draw it, the network and training budget that suit it, and its IoU
-target. Training crops come from a scene drawn with a different seed than the evaluation mosaic, so the
-scores are on pixels the network has never seen.
+target. Training crops come from scenes drawn with other seeds than the evaluation mosaic, so the scores
+are on pixels the network has never seen.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ RECIPES = {
     "nuclei": Recipe("nuclei", _nuclei, depth=3, base_channels=16, tile=188, batch_size=4, steps=300),
     # Ships: ~3 % of a training crop, so w_c would fatten them; one in five has a coloured deck, so more
     # crops (and steps) than the nuclei need, or the network never sees enough of those.
-    "ships": Recipe("ships", _ships, depth=3, base_channels=16, tile=188, batch_size=4, steps=400, crops=12,
+    "ships": Recipe("ships", _ships, depth=3, base_channels=16, tile=188, batch_size=4, steps=800, crops=24,
                     class_balance=False),
 }
 
