@@ -2,31 +2,43 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import zarr
 from PIL import Image
 
-from unet.demo import RECIPES, DemoConfig, _busiest_window, main, parse_config, training_samples
+from unet.demo import EVAL_SEED, OUTLINE, PREVIEW, RECIPES, DemoConfig, _busiest_window, main, parse_config, training_samples
 from unet.errors import UNetError
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
 
 def test_quick_demo_runs_end_to_end(tmp_path, capsys):
+    """Every output is there, and the printed scores are those of the labels the job wrote against the
+    truth mosaic (recomputed here by hand)."""
     assert main(["--quick", "--out", str(tmp_path)]) == 0
     table = capsys.readouterr().out
+    assert table.splitlines()[0].endswith("draw s  train s  segment s  score s")
     for name, channels in (("nuclei", 1), ("ships", 3)):
         image = zarr.open_array(tmp_path / name / "image.zarr", mode="r")
-        labels = zarr.open_group(tmp_path / name / "labels.zarr", mode="r")["0"]
-        assert labels.shape == image.shape[-2:] == (512, 512)
+        truth = zarr.open_array(tmp_path / name / "truth.zarr", mode="r")[:] > 0
+        labels = zarr.open_group(tmp_path / name / "labels.zarr", mode="r")["0"][:]
+        assert labels.shape == image.shape[-2:] == truth.shape == (512, 512)
         assert (image.ndim == 3) == (channels == 3)
-        assert set(np.unique(labels[:])) <= {0, 1}
-        preview = Image.open(tmp_path / f"{name}-preview.png")
-        assert preview.mode == "RGB" and min(preview.size) > 0
-        row = next(line for line in table.splitlines() if line.startswith(name))
-        scores = [float(v) for v in row.split()[4:9]]              # IoU, Dice, precision, recall, F1
-        assert all(0.0 <= s <= 1.0 for s in scores), row
+        assert set(np.unique(labels)) <= {0, 1}
+        preview = np.asarray(Image.open(tmp_path / f"{name}-preview.png"))
+        assert preview.shape == (PREVIEW, PREVIEW, 3)
+        assert (preview == OUTLINE).all(axis=-1).any() == labels.any()
+        row = next(line for line in table.splitlines() if line.startswith(name)).split()
+        iou, dice, precision, recall, f1 = map(float, row[4:9])
+        found = labels > 0
+        assert iou == pytest.approx((found & truth).sum() / max(1, (found | truth).sum()), abs=5e-4), row
+        assert all(0.0 <= v <= 1.0 for v in (dice, precision, recall, f1)) and len(row) == 13, row
+        assert all(float(t) >= 0 for t in row[9:]), row
+        if name == "nuclei":
+            assert iou > 0.5, row          # even the quick recipe learns bright nuclei; a broken pipeline does not
 
 
 def test_training_crops_are_distinct_and_of_the_recipe_size():
@@ -36,6 +48,19 @@ def test_training_crops_are_distinct_and_of_the_recipe_size():
     crops = [s.image for s in (*train, *val)]
     assert all(c.shape == (1, recipe.crop, recipe.crop) for c in crops)
     assert len({c.tobytes() for c in crops}) == len(crops)
+
+
+def test_training_scenes_have_their_own_seeds_never_the_evaluation_one():
+    seeds = []
+
+    def draw(shape, seed, training):
+        seeds.append((seed, training))
+        return RECIPES["nuclei"].draw(shape, seed, training)
+
+    recipe = replace(DemoConfig(quick=True).recipe("nuclei"), draw=draw, scenes=3)
+    training_samples(recipe)
+    assert len({s for s, _ in seeds}) == 3 and all(training for _, training in seeds)
+    assert EVAL_SEED not in {s for s, _ in seeds}
 
 
 def test_preview_window_is_where_the_objects_are():

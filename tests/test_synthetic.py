@@ -78,6 +78,15 @@ def test_many_nuclei_touch_another_and_fewer_without_clusters():
     assert len(touching_pairs(apart.instances)) < 0.5 * len(pairs)
 
 
+@pytest.mark.filterwarnings("error")
+def test_dim_spots_of_the_autofluorescence_give_no_invalid_noise():
+    """Small dense scenes whose autofluorescence field dips below zero somewhere (seed 1000's first three):
+    the shot noise of a negative photon count would be NaN, silently cast to a black pixel."""
+    rng = np.random.default_rng(1000)
+    for _ in range(3):
+        nuclei_scene((192, 192), rng, density=0.35, touching=0.7)
+
+
 def test_nuclei_in_uint16_use_the_wider_range():
     scene = nuclei_scene((128, 160), 3, dtype=np.uint16)
     assert scene.image.dtype == np.uint16

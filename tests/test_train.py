@@ -113,6 +113,17 @@ def test_checkpoint_records_contract_metrics_seed_hash_and_class_names(tmp_path,
     assert meta["train_config"]["depth"] == 2 and len(meta["val_images"]) == 1
 
 
+def test_progress_bar_shows_loss_speed_and_the_latest_validation(tmp_path, capsys):
+    config = TrainConfig(data=make_folder(tmp_path / "data", n=3), out=tmp_path / "m.safetensors", depth=2,
+                         base_channels=4, tile=44, steps=4, lr=1e-2, val_every=1)
+    history = train(config).history
+    last = capsys.readouterr().err.strip().split("\r")[-1]       # the bar's final state
+    shown = [f"val_iou={h['foreground_iou']:.3f}, val_dice={h['foreground_dice']:.3f}" for h in history[-2:]]
+    assert shown[0] != shown[1]                                   # else the test could not tell them apart
+    assert "4/4" in last and ("step/s" in last or "s/step" in last) and "loss=" in last, last
+    assert shown[1] in last, last
+
+
 def test_data_hash_changes_with_any_pixel(tmp_path):
     data = make_folder(tmp_path / "data", n=2)
     before = data_hash(load_folder(data, 2))
@@ -279,10 +290,13 @@ def test_bad_data_is_one_line_and_exit_2(tmp_path, capsys, case):
     prepare, message = BAD_DATA[case]
     root = tmp_path / "data"
     prepare(root)
-    assert job("--data", str(root), "--out", str(tmp_path / "m.safetensors"), *TINY) == 2
+    previous = tmp_path / "m.safetensors"
+    previous.write_bytes(b"an earlier checkpoint")
+    assert job("--data", str(root), "--out", str(previous), *TINY) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and message in err
-    assert not (tmp_path / "m.safetensors").exists()
+    assert previous.read_bytes() == b"an earlier checkpoint"              # left intact
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("m.")] == ["m.safetensors"]
 
 
 @pytest.fixture

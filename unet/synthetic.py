@@ -223,6 +223,7 @@ def _fluorescence(clean, rng, dtype):
         illumination *= falloff[:, None] if axis == 0 else falloff[None, :]
     photons *= np.maximum(illumination, 0.2, out=illumination)
     photons *= _PHOTONS
+    np.maximum(photons, 0, out=photons)      # the autofluorescence field dips below 0 in rare spots
     noise = rng.standard_normal(shape, dtype=np.float32, out=scratch)
     deviation = np.sqrt(np.add(photons, _READ_NOISE**2, out=illumination), out=illumination)
     photons += np.multiply(deviation, noise, out=deviation)     # shot noise as a Gaussian of equal variance

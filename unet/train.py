@@ -240,11 +240,12 @@ class Trainer:
         with progress_bar(total, self.config.progress) as bar:
             for step in range(1, total + 1):
                 losses.append(self.step())
-                bar.update()
-                bar.set_postfix(keeper.postfix(loss=float(np.mean(losses[-20:]))), refresh=False)
+                recent = float(np.mean(losses[-20:]))
                 if step % every == 0 or step == total:
                     keeper.offer(self.model, step, self.validate(), loss=float(np.mean(losses)))
                     losses.clear()
+                bar.set_postfix(keeper.postfix(loss=recent), refresh=False)   # shows the latest validation
+                bar.update()
 
     def step(self) -> float:
         """One optimiser step on a batch of random tiles; returns the loss."""
