@@ -174,9 +174,9 @@ def test_compiled_network_agrees_with_eager(float32_result):
     assert (got.argmax(0) == expected.argmax(0)).all()
 
 
-def test_cpu_defaults_to_float32_and_channels_last():
+def test_cpu_defaults_to_float32_channels_last_and_one_tile_a_pass():
     predictor = TilePredictor(_model(2), tile=20, device="cpu")
-    assert predictor.amp is False and predictor.channels_last is True
+    assert predictor.amp is False and predictor.channels_last is True and predictor.batch_size == 1
 
 
 def test_normalisation_of_the_input_contract_is_applied():
@@ -200,7 +200,8 @@ def test_any_real_dtype(dtype):
     expected = whole_image(model, (image.astype(np.float32) - 50) / 25)
     got = predict_image(model, image, tile=48, batch_size=7)
     np.testing.assert_allclose(got, expected, atol=TOL, rtol=0)
-    assert predict_image(model, image, tile=48).tobytes() == got.tobytes()  # batching changes nothing
+    one_a_pass = predict_image(model, image, tile=48, batch_size=1)      # batching changes nothing but
+    np.testing.assert_allclose(one_a_pass, got, atol=TOL, rtol=0)       # the kernels' rounding
 
 
 # -- tile sizes ------------------------------------------------------------------------------------

@@ -61,8 +61,10 @@ class TilePredictor:
             self.out_tile = self.tile - 2 * self.before
         self._lock = threading.Lock()
         self._spent = threading.local()                          # forward time of each calling thread
+        # GPUs get batches of tiles sized to memory; on a CPU one tile a pass was measured fastest (4.5 Mpx/s
+        # against 2.4 for batches of 5 on the 16-filter network: bigger activations fall out of cache)
         per_tile = _activation_bytes(model, self.tile)
-        self.batch_size = batch_size or max(1, min(budget // per_tile, 64))
+        self.batch_size = batch_size or (max(1, min(budget // per_tile, 64)) if cuda else 1)
         contract = model.config.input
         self._offset = torch.tensor(contract.offset, dtype=torch.float32, device=self.device).view(-1, 1, 1)
         self._scale = torch.tensor(contract.scale, dtype=torch.float32, device=self.device).view(-1, 1, 1)
