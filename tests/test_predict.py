@@ -4,12 +4,15 @@ tile sizes, with a negative control proving the comparison can fail; the GPU pat
 from __future__ import annotations
 
 import re
+import threading
+import time
 
 import numpy as np
 import pytest
 import torch
 
 from unet import InputContract, TilePredictor, UNet, UNetError, predict_image
+from unet.predict import OldestFirst
 
 TOL = 1e-5
 
@@ -282,3 +285,24 @@ def test_bad_input_is_refused_naming_expected_and_found(what, channels, image, k
     assert "expected" in message or "valid" in message
     for word in words:
         assert word in message, (word, message)
+
+
+def test_device_goes_to_the_oldest_waiting_region_first():
+    """Two blocks in flight on one worker: the one that came first gets the device first, whatever order
+    their threads ask in (a plain lock would let them alternate tile by tile)."""
+    lock, order = OldestFirst(), []
+    first, older, newer = lock.ticket(), lock.ticket(), lock.ticket()
+
+    def wait(ticket):
+        with lock.hold(ticket):
+            order.append(ticket)
+
+    with lock.hold(first):
+        threads = [threading.Thread(target=wait, args=(t,)) for t in (newer, older)]  # the newer asks first
+        for t in threads:
+            t.start()
+            time.sleep(0.2)                                   # let it queue up behind the holder
+        assert order == []                                    # nobody enters while the device is held
+    for t in threads:
+        t.join(timeout=10)
+    assert order == [older, newer]
