@@ -22,12 +22,12 @@ import numpy as np
 import torch
 
 from unet import load_checkpoint
-from unet.data import Sample, data_hash, make_sample
-from unet.losses import LossConfig
-from unet.metrics import Scores, score
-from unet.predict import predict_image
-from unet.synthetic import nuclei_scene
-from unet.train import TrainConfig, fit
+from unet.demo.nuclei import nuclei_scene
+from unet.infer.predict import predict_image
+from unet.train.data import Sample, data_hash, make_sample
+from unet.train.loop import TrainConfig, fit
+from unet.train.losses import LossConfig
+from unet.train.metrics import Scores, score
 
 RESULTS = Path(__file__).resolve().parent / "results" / "border_weights.json"
 ARMS = ("with border weights", "without")

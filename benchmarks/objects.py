@@ -28,7 +28,7 @@ RESULTS = Path(__file__).resolve().parent / "results" / "objects.json"
 
 def run_once(mosaic: Path, checkpoint: Path, tmp: Path, block: int, tile: int, objects: bool) -> dict:
     """One in-process run of the job; its wall time (driver included: merge, table) and object counts."""
-    from unet.segment import main
+    from unet.job.options import main
 
     out, report = tmp / "out.zarr", tmp / "report.json"
     argv = [str(mosaic), str(out), "--checkpoint", str(checkpoint), "--chunk", str(CHUNK), "--block", str(block),

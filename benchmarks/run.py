@@ -116,7 +116,7 @@ def make_model(depth: int, base_channels: int, padding: str = "valid"):
     """A He-initialised U-Net in eval mode, 1 uint8 channel in, 2 classes out."""
     import torch
 
-    from unet.model import InputContract, UNet
+    from unet.nn.model import InputContract, UNet
 
     torch.manual_seed(0)
     contract = InputContract(channels=1, dtype="uint8", value_range=(0.0, 255.0), offset=(127.5,), scale=(127.5,))
@@ -144,8 +144,8 @@ def network_rate(model, tile: int, n_tiles: int, threads: int | None = None) -> 
 
 
 def _network_rate(model, tile: int, n_tiles: int) -> dict:
-    from unet.plan import network_flops
-    from unet.predict import TilePredictor
+    from unet.infer.predict import TilePredictor
+    from unet.job.plan import network_flops
 
     predictor = TilePredictor(model, tile=tile, batch_size=1, device="cpu")
     tiles = np.random.default_rng(0).integers(0, 256, (n_tiles, 1, tile, tile), dtype=np.uint8)  # (N, 1, t, t)
@@ -166,7 +166,7 @@ def write_mosaic(path: Path, side: int, chunk: int = CHUNK) -> None:
     """A uint8 nuclei micrograph of side x side px, one synthetic scene repeated (zstd, Zarr's default)."""
     import zarr
 
-    from unet.synthetic import nuclei_scene
+    from unet.demo.nuclei import nuclei_scene
 
     scene = nuclei_scene((SCENE, SCENE), 0).image                                  # (2048, 2048)
     array = zarr.create_array(str(path), shape=(side, side), chunks=(chunk, chunk), dtype=np.uint8)
@@ -184,7 +184,7 @@ def checkpoint_path(model, tmp: Path) -> Path:
 
 
 def save_model(model, tmp: Path) -> None:
-    from unet.checkpoint import save_checkpoint
+    from unet.nn.checkpoint import save_checkpoint
 
     save_checkpoint(model, checkpoint_path(model, tmp), class_names=["background", "foreground"])
 
@@ -196,7 +196,7 @@ def run_job(model, mosaic: Path, tmp: Path, *, block: int, tile: int, workers: i
     """One in-process run of the job, Zarr to Zarr, with ``model`` saved by ``save_model``; its report plus
     the CPU seconds of the whole process tree (driver and local Ray: raylet, workers) and the workers' peak
     RSS."""
-    from unet.segment import main
+    from unet.job.options import main
 
     out, report, checkpoint = tmp / "out.zarr", tmp / "report.json", checkpoint_path(model, tmp)
     argv = [str(mosaic), str(out), "--checkpoint", str(checkpoint), "--chunk", str(chunk), "--block", str(block),
@@ -220,7 +220,7 @@ def run_job(model, mosaic: Path, tmp: Path, *, block: int, tile: int, workers: i
 
 def tile_waste(model, block: int, tile: int) -> float:
     """Output pixels computed per output pixel kept on one block."""
-    from unet.tiling import tile_origins
+    from unet.infer.tiling import tile_origins
 
     out = model.output_size(tile)
     return (len(tile_origins(0, block, out, model.grid)) * out / block) ** 2
@@ -281,7 +281,7 @@ def dask_rate(mosaic: Path, tmp: Path, model) -> dict:
     import dask.array as da
     import torch
 
-    from unet.predict import TilePredictor, class_index
+    from unet.infer.predict import TilePredictor, class_index
 
     tile = model.round_input_size(CHUNK + sum(model.margins), "up")               # output >= one chunk
     halo = tile - model.margin - CHUNK                    # the tile reads margin before, this much after
@@ -420,7 +420,7 @@ def measure_peers(tmp: Path, tile: int, ours: list[dict]) -> list[dict]:
 def gpu_estimate(net: dict, tile: int) -> dict:
     """Expected GPU throughput of a network from its FLOP count (2 per multiply-add, on the meta device):
     output Mpx/s = peak x utilisation / FLOP per output pixel. Arithmetic, not a measurement."""
-    from unet.plan import network_flops
+    from unet.job.plan import network_flops
 
     model = make_model(**net)
     flops = network_flops(model, tile)

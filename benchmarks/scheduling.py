@@ -27,7 +27,7 @@ import zarr
 
 from unet import UNet, save_checkpoint
 from unet.cli import run
-from unet.segment import main as segment
+from unet.job.options import main as segment
 
 BLOCK = 8  # pixels a side: one 8-px chunk per block
 

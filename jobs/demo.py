@@ -9,7 +9,7 @@ F1 against the truth and writes a PNG preview per scene. See --help.
 import sys
 
 from unet.cli import run
-from unet.demo import main
+from unet.demo.run import main
 
 if __name__ == "__main__":
     sys.exit(run(main))

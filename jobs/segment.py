@@ -6,7 +6,7 @@ On a cluster: `ray submit cluster.yaml jobs/segment.py -- INPUT OUTPUT --checkpo
 import sys
 
 from unet.cli import run
-from unet.segment import main
+from unet.job.options import main
 
 if __name__ == "__main__":
     sys.exit(run(main))

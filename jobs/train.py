@@ -11,11 +11,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from unet.augment import AugmentConfig
 from unet.cli import add_debug_flag, run
 from unet.errors import UNetError
-from unet.losses import LossConfig
-from unet.train import TrainConfig, train
+from unet.train.augment import AugmentConfig
+from unet.train.loop import TrainConfig, train
+from unet.train.losses import LossConfig
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -8,9 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import ndimage
 
-from unet.augment import (AugmentConfig, Geometry, _interpolate_grid, augment, elastic, flip, gray_values,
-                          random_elastic, rotate, shift, warp)
 from unet.errors import UNetError
+from unet.train.augment import (AugmentConfig, Geometry, _interpolate_grid, augment, elastic, flip, gray_values,
+                          random_elastic, rotate, shift, warp)
 
 FUNCTIONS = [flip, shift, rotate, elastic, gray_values]
 fast = settings(max_examples=30, deadline=None)

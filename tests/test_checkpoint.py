@@ -15,7 +15,7 @@ import safetensors.torch
 import torch
 
 from unet import CheckpointError, InputContract, UNet, UNetError, load_checkpoint, save_checkpoint
-from unet.checkpoint import checkpoint_bytes, read_checkpoint_bytes
+from unet.nn.checkpoint import checkpoint_bytes, read_checkpoint_bytes
 
 METADATA = {"class_names": ["background", "cell"], "provenance": {"run": "2025-01-01", "epochs": 3},
             "note": "ünïcode ok"}

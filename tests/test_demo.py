@@ -9,7 +9,7 @@ import pytest
 import zarr
 from PIL import Image
 
-from unet.demo import EVAL_SEED, OUTLINE, PREVIEW, RECIPES, DemoConfig, _busiest_window, main, parse_config, training_samples
+from unet.demo.run import EVAL_SEED, OUTLINE, PREVIEW, RECIPES, DemoConfig, _busiest_window, main, parse_config, training_samples
 from unet.errors import UNetError
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")

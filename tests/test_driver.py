@@ -9,7 +9,7 @@ import pytest
 from ray.autoscaler._private.constants import AUTOSCALER_RESOURCE_REQUEST_CHANNEL
 from ray.experimental.internal_kv import _internal_kv_get
 
-from unet.driver import WorkerResources, request_workers, worker_resources
+from unet.job.driver import WorkerResources, request_workers, worker_resources
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from scipy import ndimage
 
 from unet.errors import UNetError
-from unet.losses import (NEGLIGIBLE, LossConfig, border_weights, class_frequency_weights, segmentation_loss,
+from unet.train.losses import (NEGLIGIBLE, LossConfig, border_weights, class_frequency_weights, segmentation_loss,
                          separate_instances, soft_dice_loss, weight_map, weighted_cross_entropy)
 
 

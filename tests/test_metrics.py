@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import ndimage
 
-from unet.metrics import ObjectScores, Scores, confusion_matrix, match_objects, score
+from unet.train.metrics import ObjectScores, Scores, confusion_matrix, match_objects, score
 
 
 def test_iou_and_dice_by_hand():

@@ -1,4 +1,4 @@
-"""Objects merged across block seams (unet.objects, no cluster) against scipy.ndimage.label of the whole
+"""Objects merged across block seams (unet.job.objects.label, no cluster) against scipy.ndimage.label of the whole
 image: the instance image up to a renumbering (and exactly, once numbered by first pixel), and the table."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import ndimage
 
-from unet.objects import BlockObjects, label_block, merge_blocks, object_columns
+from unet.job.objects.label import BlockObjects, label_block, merge_blocks, object_columns
 
 EIGHT = np.ones((3, 3), dtype=bool)
 

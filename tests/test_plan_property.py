@@ -18,12 +18,12 @@ import numpy as np
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from unet.driver import _run_pyramids, _run_round
 from unet.io.output import OutputSpec
 from unet.io.source import SourceSpec
-from unet.plan import BlockPlan
-from unet.pyramid import level_plan
-from unet.worker import BlockRunner, JobSpec
+from unet.job.actor import BlockRunner, JobSpec
+from unet.job.driver import _run_pyramids, _run_round
+from unet.job.plan import BlockPlan
+from unet.job.pyramid import level_plan
 
 
 @dataclass

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from unet import InputContract, TilePredictor, UNet, UNetError, predict_image
-from unet.predict import OldestFirst
+from unet.infer.predict import OldestFirst
 
 TOL = 1e-5
 

@@ -7,8 +7,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from unet.predict import class_index
-from unet.pyramid import mode2x2
+from unet.infer.predict import class_index
+from unet.job.pyramid import mode2x2
 
 
 def _mode_brute_force(labels: np.ndarray) -> np.ndarray:

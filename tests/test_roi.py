@@ -13,7 +13,7 @@ from PIL import Image
 from test_segment import checkpoint, mosaic, reference_labels, segment  # noqa: F401 - fixtures and helpers
 from unet import predict_image
 from unet.errors import UNetError
-from unet.roi import load_roi
+from unet.job.roi import load_roi
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 BLOCK = 64

@@ -16,8 +16,8 @@ import zarr
 
 from unet import UNet, predict_image, save_checkpoint
 from unet.cli import run
-from unet.pyramid import mode2x2
-from unet.segment import main
+from unet.job.options import main
+from unet.job.pyramid import mode2x2
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 

@@ -15,7 +15,7 @@ import zarr
 
 from unet import InputContract, UNet, predict_image, save_checkpoint
 from unet.cli import run
-from unet.segment import main
+from unet.job.options import main
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 ROOT = Path(__file__).resolve().parents[1]

@@ -12,9 +12,9 @@ import zarr
 
 from test_segment import checkpoint, reference_labels, segment  # noqa: F401 - a fixture and helpers
 from unet import UNet, predict_image
+from unet.infer.predict import TilePredictor
 from unet.io.source import SourceSpec, open_source
-from unet.predict import TilePredictor
-from unet.skip import EmptyBlocks, chunk_keys, qualifies
+from unet.job.skip import EmptyBlocks, chunk_keys, qualifies
 
 FILL = 0.37          # a non-zero fill value: skipped blocks must get its prediction, not background
 BLOCK, TILE = 64, 92  # tiles of 92 px (52 out) on a 64-px block: each block reads itself +- the margin

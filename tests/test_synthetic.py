@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from unet.demo.nuclei import Scene, nuclei_scene, ship_scene
 from unet.errors import UNetError
-from unet.synthetic import Scene, nuclei_scene, ship_scene
 
 GENERATORS = [nuclei_scene, ship_scene]
 ODD_SHAPES = [(301, 517), (517, 301), (64, 999), (33, 7), (1, 1)]

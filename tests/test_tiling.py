@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from unet.tiling import read_mirrored, reflect, tile_origins
+from unet.infer.tiling import read_mirrored, reflect, tile_origins
 
 
 # -- tile_origins ----------------------------------------------------------------------------------

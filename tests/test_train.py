@@ -14,12 +14,12 @@ import torch
 from PIL import Image
 
 from unet import UNet, load_checkpoint, predict_image, save_checkpoint
-from unet.augment import AugmentConfig
 from unet.cli import run
-from unet.data import TileSampler, data_hash, input_contract, load_folder, make_sample
 from unet.errors import UNetError
-from unet.metrics import score
-from unet.train import TrainConfig, fit, train
+from unet.train.augment import AugmentConfig
+from unet.train.data import TileSampler, data_hash, input_contract, load_folder, make_sample
+from unet.train.loop import TrainConfig, fit, train
+from unet.train.metrics import score
 
 ROOT = Path(__file__).resolve().parent.parent
 _spec = importlib.util.spec_from_file_location("train_job", ROOT / "jobs" / "train.py")

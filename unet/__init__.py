@@ -1,10 +1,10 @@
 """U-Net segmentation of huge images: exact overlap-tile inference, training on few images, and a
 resumable distributed batch job over Zarr mosaics."""
 
-from unet.checkpoint import load_checkpoint, save_checkpoint
 from unet.errors import CheckpointError, UNetError
-from unet.model import InputContract, UNet, UNetConfig
-from unet.predict import TilePredictor, predict_image
+from unet.infer.predict import TilePredictor, predict_image
+from unet.nn.checkpoint import load_checkpoint, save_checkpoint
+from unet.nn.model import InputContract, UNet, UNetConfig
 
 __version__ = "0.1.0"
 

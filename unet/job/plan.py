@@ -49,7 +49,7 @@ class Block:
 @dataclass(frozen=True)
 class BlockPlan:
     """A grid of blocks over an array of ``shape``, each ``block`` pixels (edges clipped); each block also
-    writes the next ``depth`` pyramid levels (see ``unet.pyramid.level_plan``)."""
+    writes the next ``depth`` pyramid levels (see ``unet.job.pyramid.level_plan``)."""
 
     level: int
     shape: tuple[int, int]

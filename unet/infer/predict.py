@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from unet.errors import UNetError
-from unet.model import SizeArithmetic, UNet, UNetConfig
-from unet.tiling import Reader, read_mirrored, tile_origins
+from unet.infer.tiling import Reader, read_mirrored, tile_origins
+from unet.nn.model import SizeArithmetic, UNet, UNetConfig
 
 DEFAULT_CPU_BUDGET = 1 << 30     # bytes of activations per forward pass on CPU
 MAX_AUTO_TILE = 2048             # no measured gain past this on CPU; GPUs get batches instead

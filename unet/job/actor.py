@@ -15,15 +15,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from unet.checkpoint import load_checkpoint
+from unet.infer.predict import TilePredictor, class_index
+from unet.infer.tiling import Reader
 from unet.io.output import OutputSpec, OutputWriter
 from unet.io.source import Source, SourceSpec, open_source
-from unet.objects_job import ObjectsSpec, relabel_block, store_block_objects
-from unet.plan import Block
-from unet.predict import TilePredictor, class_index
-from unet.pyramid import decimate2x2, halve, mode2x2
-from unet.skip import EmptyBlocks
-from unet.tiling import Reader
+from unet.job.objects.driver import ObjectsSpec, relabel_block, store_block_objects
+from unet.job.plan import Block
+from unet.job.pyramid import decimate2x2, halve, mode2x2
+from unet.job.skip import EmptyBlocks
+from unet.nn.checkpoint import load_checkpoint
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ class BlockRunner:
     def segment(self, job: JobSpec, block: Block) -> dict:
         """Predict a level-0 block, write its classes (and probabilities), its share of the coarser
         levels, then its done-marker. A block whose input is all fill value is not run through the network
-        (``unet.skip``). Returns small stats, never pixels."""
+        (``unet.job.skip``). Returns small stats, never pixels."""
         t0 = time.perf_counter()
         self.predictor.take_time_spent()  # forget what a failed call of this thread may have left
         source, writer = self._open(job)

@@ -17,7 +17,7 @@ import numpy as np
 
 from unet.errors import UNetError
 from unet.io.urls import fs_and_path, open_store, redact
-from unet.plan import Block
+from unet.job.plan import Block
 
 MAX_PIXELS = 1 << 26       # 64 Mpx: 64 MB of booleans in the driver
 MAX_ASPECT_ERROR = 0.1     # relative difference of the two axes' scales beyond rounding

@@ -22,11 +22,11 @@ import numpy as np
 import tifffile
 from PIL import Image
 
-from unet.augment import AugmentConfig, augment
 from unet.errors import UNetError
-from unet.losses import separate_instances
-from unet.model import InputContract
-from unet.tiling import read_mirrored
+from unet.infer.tiling import read_mirrored
+from unet.nn.model import InputContract
+from unet.train.augment import AugmentConfig, augment
+from unet.train.losses import separate_instances
 
 SUFFIXES = (".png", ".tif", ".tiff", ".npy")
 

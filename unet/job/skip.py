@@ -22,9 +22,9 @@ import numpy as np
 from zarr.core.sync import sync
 from zarr.storage import FsspecStore, LocalStore
 
+from unet.infer.predict import TilePredictor
+from unet.infer.tiling import Reader, mirrored_box
 from unet.io.source import Source, SourceSpec
-from unet.predict import TilePredictor
-from unet.tiling import Reader, mirrored_box
 
 PERIODIC_TOLERANCE = 1e-6  # largest deviation of a constant tile's output from its repeated grid cell
 

@@ -22,12 +22,12 @@ from PIL import Image
 from scipy import ndimage
 
 from unet.cli import EXIT_OK, add_debug_flag
-from unet.data import Sample, data_hash, make_sample
+from unet.demo.nuclei import Scene, nuclei_scene, ship_scene
 from unet.errors import UNetError
-from unet.losses import LossConfig
-from unet.metrics import Scores, score
-from unet.synthetic import Scene, nuclei_scene, ship_scene
-from unet.train import TrainConfig, fit
+from unet.train.data import Sample, data_hash, make_sample
+from unet.train.loop import TrainConfig, fit
+from unet.train.losses import LossConfig
+from unet.train.metrics import Scores, score
 
 EVAL_SEED = 2                         # the evaluation mosaic's seed
 TRAIN_SEED = 10                       # training scene i is drawn with seed TRAIN_SEED + i, never EVAL_SEED
@@ -153,7 +153,7 @@ def write_mosaic(scene: Scene, folder: Path) -> Path:
 
 def segment_mosaic(image: Path, labels: Path, checkpoint: Path) -> np.ndarray:
     """Run the segmentation job over the whole mosaic on (local) Ray; returns the labels (H, W)."""
-    from unet.segment import main as segment
+    from unet.job.options import main as segment
 
     argv = [str(image), str(labels), "--checkpoint", str(checkpoint), "--chunk", "256", "--block", "1024",
             "--overwrite", "--no-progress"]

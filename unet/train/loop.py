@@ -3,7 +3,7 @@ augmentation, the weighted cross-entropy on the centre of each tile, and the bes
 foreground IoU kept as a checkpoint with its metrics, seed and data hash.
 
 ``train(config)`` reads the folders named in the config; ``fit(config, train, val, data_sha256)`` trains
-on samples already in memory (see ``unet.data.make_sample``).
+on samples already in memory (see ``unet.train.data.make_sample``).
 """
 
 from __future__ import annotations
@@ -20,14 +20,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from unet.augment import AugmentConfig
-from unet.checkpoint import load_checkpoint, save_checkpoint
-from unet.data import Sample, TileSampler, data_hash, input_contract, load_folder, split_validation
 from unet.errors import UNetError
-from unet.losses import LossConfig, class_frequency_weights, segmentation_loss, weight_map
-from unet.metrics import Scores, score
-from unet.model import UNet, UNetConfig
-from unet.predict import predict_image
+from unet.infer.predict import predict_image
+from unet.nn.checkpoint import load_checkpoint, save_checkpoint
+from unet.nn.model import UNet, UNetConfig
+from unet.train.augment import AugmentConfig
+from unet.train.data import Sample, TileSampler, data_hash, input_contract, load_folder, split_validation
+from unet.train.losses import LossConfig, class_frequency_weights, segmentation_loss, weight_map
+from unet.train.metrics import Scores, score
 
 DEFAULT_STEPS = 1000
 VALIDATIONS_PER_RUN = 20          # default validation frequency

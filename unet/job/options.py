@@ -19,19 +19,19 @@ from dataclasses import dataclass, field
 import fsspec
 import numpy as np
 
-from unet.checkpoint import load_checkpoint, read_checkpoint_bytes
 from unet.cli import EXIT_OK, add_debug_flag, run
 from unet.errors import UNetError
 from unet.io.georef import affine_transform
 from unet.io.output import OutputSpec, check_writable, done_keys, read_unet_attrs
 from unet.io.source import Source, SourceSpec, open_source
 from unet.io.urls import is_inside, parse_storage_options, redact, resolve_storage_options
-from unet.model import UNet
-from unet.objects_job import object_classes, objects_spec
-from unet.plan import BlockPlan, check_block_size
-from unet.pyramid import level_plan
-from unet.roi import RegionOfInterest, load_roi
-from unet.worker import JobSpec
+from unet.job.actor import JobSpec
+from unet.job.objects.driver import object_classes, objects_spec
+from unet.job.plan import BlockPlan, check_block_size
+from unet.job.pyramid import level_plan
+from unet.job.roi import RegionOfInterest, load_roi
+from unet.nn.checkpoint import load_checkpoint, read_checkpoint_bytes
+from unet.nn.model import UNet
 
 EXIT_PARTIAL = 3
 DEFAULT_CHUNK = 1024
@@ -306,7 +306,7 @@ def _check_resumable(url: str, existing: dict, fingerprint: dict) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the job; returns the exit code (0 complete, 2 bad input, 3 some blocks failed)."""
-    from unet.driver import run_jobs
+    from unet.job.driver import run_jobs
 
     opts = parse_options(sys.argv[1:] if argv is None else argv)
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
@@ -349,9 +349,9 @@ def provenance(opts: SegmentOptions, model: UNet, checkpoint_sha: str, started: 
 
 def print_plan(jobs: list[PreparedJob], model: UNet, opts: SegmentOptions) -> None:
     """The plan of a dry run: blocks, tiles, margin overhead and estimated FLOPs; no pixel is read."""
-    from unet.plan import network_flops
-    from unet.predict import TilePredictor
-    from unet.tiling import tile_origins
+    from unet.infer.predict import TilePredictor
+    from unet.infer.tiling import tile_origins
+    from unet.job.plan import network_flops
 
     predictor = TilePredictor(model, tile=opts.tile, device="cpu")
     flops = network_flops(model, predictor.tile)
@@ -385,8 +385,8 @@ def build_report(jobs: list[PreparedJob], stats: dict) -> dict:
 
 def write_report(path: str, report: dict, jobs: list[PreparedJob]) -> None:
     """The JSON report, and a PNG quicklook of each finished output's lowest level beside it."""
-    from unet.driver import lowest_level
-    from unet.quicklook import save_quicklook
+    from unet.io.quicklook import save_quicklook
+    from unet.job.driver import lowest_level
 
     with open(path, "w") as f:
         json.dump(report, f, indent=2)

@@ -3,7 +3,7 @@
 Two passes, each resumable from done-markers like the main job. The segmentation pass (``segment`` of
 the worker, which has the block's classes and probabilities in hand) labels its block and stores the local
 ids and a small summary (``store_block_objects``). The driver then reads the summaries - never pixels -
-merges them (``unet.objects.merge_blocks``), and a second round of actors rewrites every block with global
+merges them (``unet.job.objects.label.merge_blocks``), and a second round of actors rewrites every block with global
 ids (``relabel_block``), after which the instance pyramid is built like the class pyramid, by decimation.
 The merge is deterministic, so a resumed run recomputes the same ids from the same summaries and only
 relabels the blocks that have no marker yet.
@@ -36,11 +36,11 @@ from unet.io.georef import affine_transform, crs_name
 from unet.io.ome import label_metadata
 from unet.io.output import OutputSpec, OutputWriter, done_keys, filesystem, write_ome_metadata
 from unet.io.urls import open_store
-from unet.objects import BlockObjects, MergedObjects, id_dtype, label_block, merge_blocks, object_columns
-from unet.plan import Block, BlockPlan
+from unet.job.objects.label import BlockObjects, MergedObjects, id_dtype, label_block, merge_blocks, object_columns
+from unet.job.plan import Block, BlockPlan
 
 if TYPE_CHECKING:  # the worker module imports this one
-    from unet.worker import JobSpec
+    from unet.job.actor import JobSpec
 
 INSTANCES = "instances"
 LOCAL, SUMMARIES, SHAPES = "_unet/local", "_unet/objects", "_unet/shapes"
@@ -140,7 +140,7 @@ class RelabelJob:
 def run_objects(scheduler, jobs: list, class_names: Sequence[str]) -> None:
     """Merge each finished job's objects, relabel its blocks, build the instance pyramid, write the table
     (and outlines), and record the counts per class: everything before the output is marked complete."""
-    from unet.driver import _run_pyramids, _run_round  # the driver's block rounds, reused as they are
+    from unet.job.driver import _run_pyramids, _run_round  # the driver's block rounds, reused as they are
 
     todo = [job for job in jobs if job.spec.objects is not None and not job.failed]
     relabels = [_prepare_relabel(job) for job in todo]

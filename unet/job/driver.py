@@ -20,10 +20,10 @@ from unet.io.ome import label_metadata
 from unet.io.output import (STATUS_COMPLETE, STATUS_RUNNING, OutputWriter, create_output, register_label,
                             update_unet_attrs, write_ome_metadata)
 from unet.io.urls import redact
-from unet.objects_job import create_instances, run_objects
-from unet.pyramid import level_plan
-from unet.scheduler import Scheduler, Task
-from unet.worker import BlockRunner
+from unet.job.actor import BlockRunner
+from unet.job.objects.driver import create_instances, run_objects
+from unet.job.pyramid import level_plan
+from unet.job.scheduler import Scheduler, Task
 
 log = logging.getLogger("unet")
 LOG_EVERY_S = 30.0

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from unet.plan import BlockPlan
+from unet.job.plan import BlockPlan
 
 if TYPE_CHECKING:
     from unet.io.output import OutputSpec

@@ -14,7 +14,7 @@ import torch
 
 from unet.errors import CheckpointError
 from unet.io.urls import redact
-from unet.model import UNet, UNetConfig
+from unet.nn.model import UNet, UNetConfig
 
 FORMAT = "unet-checkpoint"
 FORMAT_VERSION = 1

@@ -1,0 +1,1 @@
+"""Inference without Ray: the pooling-grid tile plan and the tile loop (`predict_image`)."""

@@ -1,0 +1,1 @@
+"""Instances: per-block labelling (actor side) and the seam merge (driver side)."""

@@ -1,0 +1,1 @@
+"""Training: data, augmentation, losses, the training loop, metrics."""
