@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from unet import load_checkpoint
+from unet import UNetConfig, load_checkpoint
 from unet.demo.nuclei import nuclei_scene
 from unet.infer.predict import predict_image
 from unet.train.data import Sample, data_hash, make_sample
@@ -79,8 +79,9 @@ def run_pair(args: argparse.Namespace, seed: int, workdir: Path) -> dict[str, di
     pairs = scenes(args.train_scenes + 1, args.size, seed=1000 + seed)
     train_set, val_set = as_samples(pairs[:-1], "train"), as_samples(pairs[-1:], "val")
     test = scenes(args.test_scenes, args.size, seed=2000 + seed)
-    base = TrainConfig(data=workdir, out=workdir / "x.safetensors", instances=True, depth=args.depth,
-                       base_channels=args.base_channels, tile=args.tile, batch_size=args.batch_size,
+    base = TrainConfig(data=workdir, out=workdir / "x.safetensors", instances=True,
+                       network=UNetConfig(depth=args.depth, base_channels=args.base_channels), tile=args.tile,
+                       batch_size=args.batch_size,
                        steps=args.steps, seed=seed, progress=sys.stderr.isatty(),
                        class_names=("background", "nucleus"))
     results = {}

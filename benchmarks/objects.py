@@ -28,16 +28,17 @@ RESULTS = Path(__file__).resolve().parent / "results" / "objects.json"
 
 def run_once(mosaic: Path, checkpoint: Path, tmp: Path, block: int, tile: int, objects: bool) -> dict:
     """One in-process run of the job; its wall time (driver included: merge, table) and object counts."""
-    from unet.job.options import main
+    from unet import SegmentOptions, segment
 
-    out, report = tmp / "out.zarr", tmp / "report.json"
-    argv = [str(mosaic), str(out), "--checkpoint", str(checkpoint), "--chunk", str(CHUNK), "--block", str(block),
-            "--tile", str(tile), "--no-progress", "--report", str(report), *(["--objects"] if objects else [])]
+    out = tmp / "out.zarr"
+    options = SegmentOptions.of(mosaic, out, checkpoint, chunk=CHUNK, block=block, tile=tile, progress=False,
+                                objects=objects)
     started = time.perf_counter()
-    if main(argv) != 0:
-        raise RuntimeError(f"segment.main failed: {' '.join(argv)}")
+    report = segment(options)
+    if not report.complete:
+        raise RuntimeError(f"segment failed: {options}")
     seconds = time.perf_counter() - started
-    r = json.loads(report.read_text())
+    r = report.to_dict()
     shutil.rmtree(out)
     return {"objects": objects, "seconds": round(seconds, 2), "job_seconds": round(r["seconds"], 2),
             "counts": r["outputs"][0].get("objects"), "load": load()}

@@ -120,7 +120,7 @@ def make_model(depth: int, base_channels: int, padding: str = "valid"):
 
     torch.manual_seed(0)
     contract = InputContract(channels=1, dtype="uint8", value_range=(0.0, 255.0), offset=(127.5,), scale=(127.5,))
-    return UNet(1, 2, depth, base_channels, padding=padding, input=contract).eval()
+    return UNet(depth=depth, base_channels=base_channels, padding=padding, input=contract).eval()
 
 
 def aligned_tile(model, step: int) -> int:
@@ -196,18 +196,17 @@ def run_job(model, mosaic: Path, tmp: Path, *, block: int, tile: int, workers: i
     """One in-process run of the job, Zarr to Zarr, with ``model`` saved by ``save_model``; its report plus
     the CPU seconds of the whole process tree (driver and local Ray: raylet, workers) and the workers' peak
     RSS."""
-    from unet.job.options import main
+    from unet import SegmentOptions, segment
 
-    out, report, checkpoint = tmp / "out.zarr", tmp / "report.json", checkpoint_path(model, tmp)
-    argv = [str(mosaic), str(out), "--checkpoint", str(checkpoint), "--chunk", str(chunk), "--block", str(block),
-            "--tile", str(tile), "--workers", str(workers), "--cpus-per-worker", str(cpus), "--no-progress",
-            "--report", str(report)]
+    out, checkpoint = tmp / "out.zarr", checkpoint_path(model, tmp)
+    options = SegmentOptions.of(mosaic, out, checkpoint, chunk=chunk, block=block, tile=tile, workers=workers,
+                                cpus_per_worker=cpus, progress=False)
     with ProcessTreeMeter("BlockRunner") as meter:
-        code = main(argv)
+        report = segment(options)
         meter.wait_for_exit()
-    if code != 0:
-        raise RuntimeError(f"segment.main exited with {code}: {' '.join(argv)}")
-    r = json.loads(report.read_text())
+    if not report.complete:
+        raise RuntimeError(f"segment failed: {options}")
+    r = report.to_dict()
     shutil.rmtree(out)
     mpx = r["new_pixels"] / 1e6
     return {"block": block, "tile": tile, "workers": r["workers"], "cpus_per_worker": r["cpus_per_worker"],
@@ -223,7 +222,7 @@ def tile_waste(model, block: int, tile: int) -> float:
     from unet.infer.tiling import tile_origins
 
     out = model.output_size(tile)
-    return (len(tile_origins(0, block, out, model.grid)) * out / block) ** 2
+    return (len(tile_origins(0, block, out, model.pooling_period)) * out / block) ** 2
 
 
 def dry_run_rss(checkpoint: Path, tmp: Path, blocks: int, block: int = CHUNK) -> dict:

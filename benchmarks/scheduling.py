@@ -25,9 +25,7 @@ import ray
 import torch
 import zarr
 
-from unet import UNet, save_checkpoint
-from unet.cli import run
-from unet.job.options import main as segment
+from unet import SegmentOptions, UNet, save_checkpoint, segment
 
 BLOCK = 8  # pixels a side: one 8-px chunk per block
 
@@ -44,16 +42,15 @@ def measure(blocks: int, workers: int, tmp: Path) -> dict:
     zarr.create_array(str(tmp / "in.zarr"), data=np.random.default_rng(0).random((side, side), np.float32),
                       chunks=(128, 128))
     rss_before, cpu_before, wall_before = rss_mb(), resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-    code = run(segment, [str(tmp / "in.zarr"), str(tmp / "out.zarr"), "--checkpoint", str(tmp / "tiny.safetensors"),
-                         "--chunk", str(BLOCK), "--block", str(BLOCK), "--workers", str(workers),
-                         "--cpus-per-worker", "1", "--no-progress", "--report", str(tmp / "report.json")])
+    result = segment(SegmentOptions.of(tmp / "in.zarr", tmp / "out.zarr", tmp / "tiny.safetensors", chunk=BLOCK,
+                                       block=BLOCK, workers=workers, cpus_per_worker=1, progress=False))
     wall = time.perf_counter() - wall_before
     cpu_after = resource.getrusage(resource.RUSAGE_SELF)
-    if code != 0:
-        raise SystemExit(f"the job failed with exit code {code}")
+    if not result.complete:
+        raise SystemExit(f"the job failed: {result.failed_blocks} failed blocks")
     tasks = len(os.listdir(tmp / "out.zarr" / "_unet" / "done"))  # level-0 and pyramid blocks
     cpu = cpu_after.ru_utime + cpu_after.ru_stime - cpu_before.ru_utime - cpu_before.ru_stime
-    report = json.loads((tmp / "report.json").read_text())
+    report = result.to_dict()
     return {"level0_blocks": report["blocks_run"], "tasks": tasks, "workers": workers, "wall_s": round(wall, 2),
             "blocks_per_s": round(tasks / wall, 1), "wall_ms_per_block": round(1000 * wall / tasks, 2),
             "worker_ms_per_block": round(1000 * wall * workers / tasks, 2),

@@ -5,8 +5,8 @@ On a cluster: `ray submit cluster.yaml jobs/segment.py -- INPUT OUTPUT --checkpo
 
 import sys
 
+from unet.api import main
 from unet.cli import run
-from unet.job.options import main
 
 if __name__ == "__main__":
     sys.exit(run(main))

@@ -10,12 +10,16 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import get_args
 
 from unet.cli import add_debug_flag, run
 from unet.errors import UNetError
+from unet.nn.config import Padding, UNetConfig, Upsampling
 from unet.train.augment import AugmentConfig
 from unet.train.loop import TrainConfig, train
 from unet.train.losses import LossConfig
+
+NETWORK = UNetConfig()
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -32,12 +36,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     data.add_argument("--classes", type=int, help="number of classes (default: 2, or the class names')")
     data.add_argument("--class-names", help="comma-separated, e.g. background,nucleus")
     model = p.add_argument_group("model")
-    model.add_argument("--depth", type=int, default=5, help="resolution levels")
-    model.add_argument("--base-channels", type=int, default=64, help="filters on the first level")
-    model.add_argument("--padding", choices=["valid", "same"], default="valid")
-    model.add_argument("--upsampling", choices=["transpose", "upsample_conv"], default="transpose")
-    model.add_argument("--batch-norm", action="store_true")
-    model.add_argument("--dropout", type=float, default=0.0, help="at the end of the contracting path")
+    # dest "network.FIELD": build_config passes these to UNetConfig as they are; the defaults are its own
+    model.add_argument("--depth", dest="network.depth", type=int, default=NETWORK.depth, help="resolution levels")
+    model.add_argument("--base-channels", dest="network.base_channels", type=int, default=NETWORK.base_channels,
+                       help="filters on the first level")
+    model.add_argument("--padding", dest="network.padding", choices=get_args(Padding), default=NETWORK.padding)
+    model.add_argument("--upsampling", dest="network.upsampling", choices=get_args(Upsampling),
+                       default=NETWORK.upsampling)
+    model.add_argument("--batch-norm", dest="network.batch_norm", action="store_true")
+    model.add_argument("--dropout", dest="network.dropout", type=float, default=NETWORK.dropout,
+                       help="at the end of the contracting path")
     model.add_argument("--tile", type=int, default=572, help="network input size of a training tile (px)")
     opt = p.add_argument_group("optimisation")
     opt.add_argument("--batch-size", type=int, default=1)
@@ -78,11 +86,11 @@ def class_names(classes: int | None, names: str | None) -> tuple[str, ...]:
 def build_config(args: argparse.Namespace) -> TrainConfig:
     loss = LossConfig(w0=args.w0, sigma=args.sigma, class_balance=not args.no_class_balance,
                       border_weights=not args.no_border_weights, dice=args.dice)
+    network = {k.removeprefix("network."): v for k, v in vars(args).items() if k.startswith("network.")}
     return TrainConfig(
         data=args.data, out=args.out, val_dir=args.val_dir, val_fraction=args.val_fraction,
         instances=args.instances, class_names=class_names(args.classes, args.class_names),
-        depth=args.depth, base_channels=args.base_channels, padding=args.padding, upsampling=args.upsampling,
-        batch_norm=args.batch_norm, dropout=args.dropout, tile=args.tile, batch_size=args.batch_size,
+        network=UNetConfig(**network), tile=args.tile, batch_size=args.batch_size,
         steps=args.steps, epochs=args.epochs, optimizer=args.optimizer, lr=args.lr, momentum=args.momentum,
         weight_decay=args.weight_decay, val_every=args.val_every,
         augmentation=AugmentConfig().scaled(args.augment), loss=loss, seed=args.seed, device=args.device,

@@ -1,8 +1,16 @@
-"""Shared fixtures: one local Ray cluster per test session, started on first use and stopped at the end."""
+"""Shared fixtures: one local Ray cluster per test session, a local S3 server, a ``store`` parametrised over
+local and S3, and the small checkpoint and mosaic the job's tests run on. Helpers: helpers.py."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
+import numpy as np
 import pytest
+import torch
+import zarr
+
+from unet import UNet, save_checkpoint
 
 
 @pytest.fixture(scope="session")
@@ -75,3 +83,57 @@ def s3_bucket(s3_server):
     s3fs.S3FileSystem(**s3_server.storage_options, skip_instance_cache=True).mkdir(bucket)
     yield f"s3://{bucket}"
     s3fs.S3FileSystem.clear_instance_cache()
+
+
+# --- stores: every test that takes ``store`` runs on a local folder and on S3 -----------------------------------
+
+@dataclass(frozen=True)
+class Store:
+    """A root location (a folder, or an S3 bucket) and what the job and zarr need to reach it."""
+
+    kind: str
+    root: str
+    storage_options: dict = field(default_factory=dict)
+
+    def url(self, name: str) -> str:
+        return f"{self.root}/{name}"
+
+    @property
+    def cli_options(self) -> list[str]:
+        """The job's --storage-option flags for this store."""
+        endpoint = self.storage_options.get("client_kwargs", {}).get("endpoint_url")
+        return ["--storage-option", f"client_kwargs.endpoint_url={endpoint}"] if endpoint else []
+
+    def zarr_store(self, name: str) -> zarr.storage.StoreLike:
+        return zarr.storage.FsspecStore.from_url(self.url(name), storage_options=self.storage_options) \
+            if self.storage_options else self.url(name)
+
+
+@pytest.fixture(params=["local", "s3"])
+def store(request, tmp_path) -> Store:
+    """A fresh, empty local folder or S3 bucket (as zarr-python's tests parametrise their stores)."""
+    if request.param == "local":
+        return Store("local", str(tmp_path / "store"))
+    s3_server = request.getfixturevalue("s3_server")
+    return Store("s3", request.getfixturevalue("s3_bucket"), s3_server.storage_options)
+
+
+# --- the job's inputs ---------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A small He-initialised U-Net (depth 3, valid padding) and its checkpoint path."""
+    torch.manual_seed(7)
+    model = UNet(depth=3, base_channels=4).eval()
+    path = tmp_path_factory.mktemp("ckpt") / "model.safetensors"
+    save_checkpoint(model, path, class_names=["background", "thing"])
+    return model, str(path)
+
+
+@pytest.fixture(scope="module")
+def mosaic(tmp_path_factory):
+    """An odd-sized random float32 image as a plain Zarr v3 array, with chunks unlike the output's."""
+    image = np.random.default_rng(3).random((301, 517), dtype=np.float32)
+    path = tmp_path_factory.mktemp("in") / "mosaic.zarr"
+    zarr.create_array(str(path), data=image, chunks=(70, 90))
+    return image, str(path)

@@ -17,7 +17,7 @@ import pytest
 import torch
 import zarr
 from faultproxy import Deny, FaultProxy
-from test_segment import _ray_worker_pids, checkpoint, mosaic, reference_labels, segment  # noqa: F401 (fixtures)
+from helpers import ray_worker_pids, reference_labels, segment
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -190,7 +190,7 @@ def wait_for_markers(out: Path, count: int, process: subprocess.Popen, seconds: 
 def wait_until_no_workers(seconds: float = 60) -> None:
     """The killed driver's actors die with it (Ray reaps an owner's actors); wait until they are gone."""
     deadline = time.monotonic() + seconds
-    while _ray_worker_pids("BlockRunner"):
+    while ray_worker_pids("BlockRunner"):
         assert time.monotonic() < deadline, "the dead driver's workers are still running"
         time.sleep(0.1)
 
@@ -247,7 +247,7 @@ def wait_for_workers(title: str, ancestor: int, count: int, seconds: float = 60)
     """Until ``count`` processes below ``ancestor`` bear the title ``ray::TITLE`` (Ray's title of an actor
     process, ``ray::Class.method`` while it runs a call)."""
     deadline = time.monotonic() + seconds
-    while len(_ray_worker_pids(title, ancestor)) != count:
+    while len(ray_worker_pids(title, ancestor)) != count:
         assert time.monotonic() < deadline, "the cluster's workers did not reach the expected count"
         time.sleep(0.05)
 

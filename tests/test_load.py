@@ -14,7 +14,7 @@ import torch
 import zarr
 
 from unet import UNet, predict_image, save_checkpoint
-from test_segment import segment
+from helpers import segment
 
 pytestmark = [pytest.mark.usefixtures("ray_cluster"), pytest.mark.slow]
 MAX_GROWTH_MB = 16  # measured: about 3 MB over the last 10^4 blocks of this job (its done-key set, mostly)

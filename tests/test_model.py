@@ -46,7 +46,7 @@ def test_paper_network_maps_572_to_388(paper_net):
 def test_paper_network_margin_is_92(paper_net):
     assert paper_net.margin == 92
     assert paper_net.margins == (92, 92)
-    assert paper_net.grid == 16
+    assert paper_net.pooling_period == 16
 
 
 # -- config ----------------------------------------------------------------------------------------
@@ -72,7 +72,7 @@ def test_config_is_frozen():
 def test_config_round_trips_through_dict_and_json(config):
     assert UNetConfig.from_dict(config.to_dict()) == config
     assert UNetConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
-    assert UNet.from_config(config).config == config
+    assert UNet(config).config == config
 
 
 @pytest.mark.parametrize("where", ["top", "input"])
@@ -138,7 +138,7 @@ def test_batch_norm_follows_every_conv():
 @pytest.mark.parametrize("depth", [2, 3, 5])
 def test_same_padding_keeps_size_on_grid_multiples(depth, upsampling):
     model = _tiny(depth, "same", upsampling, base_channels=2)
-    g = model.grid
+    g = model.pooling_period
     for h, w in [(g, 3 * g), (5 * g, 7 * g), (9 * g, g)]:
         with torch.no_grad():
             assert model(torch.randn(1, 1, h, w)).shape == (1, 2, h, w)
@@ -186,7 +186,7 @@ def test_size_arithmetic_matches_the_real_network(depth, padding, upsampling, da
     model = _tiny(depth, padding, upsampling)
     across = model.round_input_size(1, "up")  # the smallest valid size, for the other axis
     lo = model.round_input_size(1, "up")
-    n = data.draw(st.integers(1, lo + 12 * model.grid), label="n")
+    n = data.draw(st.integers(1, lo + 12 * model.pooling_period), label="n")
     valid, rows = _really_valid(model, n, across)
     if valid:
         assert model.output_size(n) == rows
@@ -220,7 +220,7 @@ def test_valid_sizes_step_by_the_grid(depth, padding, upsampling):
     model = _tiny(depth, padding, upsampling)
     sizes = model.valid_input_sizes(1, 3000)
     assert sizes[0] == model.round_input_size(1, "up")
-    assert set(sizes[i + 1] - sizes[i] for i in range(len(sizes) - 1)) == {model.grid}
+    assert set(sizes[i + 1] - sizes[i] for i in range(len(sizes) - 1)) == {model.pooling_period}
     for n in sizes[:5] + sizes[-3:]:
         assert model.input_size(model.output_size(n)) == n
         assert sum(model.margins) == n - model.output_size(n)
@@ -251,10 +251,10 @@ def test_margin_before_is_where_the_output_is_centred(depth, upsampling):
     with torch.no_grad():
         for p in model.parameters():
             p.fill_(0.5)
-    n = model.round_input_size(1, "up") + 2 * model.grid
+    n = model.round_input_size(1, "up") + 2 * model.pooling_period
     across = model.round_input_size(1, "up")
     offsets = []
-    for i in range(model.grid):
+    for i in range(model.pooling_period):
         x = torch.ones(1, 1, n, across, dtype=torch.double, requires_grad=True)
         model(x)[0, 0, i, 0].backward()
         weight = x.grad[0, 0].sum(1)                           # (n,) sensitivity per input row

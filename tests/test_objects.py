@@ -15,9 +15,7 @@ import shapely
 import torch
 import zarr
 from affine import Affine
-from test_objects_merge import assert_same_objects, by_first_pixel, reference_table, whole_image_reference
-from test_segment import segment
-from test_segment_inputs import write_ome_image
+from helpers import assert_same_objects, by_first_pixel, reference_table, segment, whole_image_reference, write_ome_image
 
 from unet import UNet, predict_image, save_checkpoint
 

@@ -7,12 +7,11 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from scipy import ndimage
+from helpers import assert_same_objects, by_first_pixel, reference_table, whole_image_reference
 
-from unet.job.objects.label import BlockObjects, label_block, merge_blocks, object_columns
-
-EIGHT = np.ones((3, 3), dtype=bool)
-
+from unet.job.objects.label import label_block
+from unet.job.objects.merge import merge_blocks, object_columns
+from unet.job.objects.summary import BlockObjects
 
 def cut_and_merge(classes: np.ndarray, prob: np.ndarray, block: tuple[int, int], object_classes=(1, 2),
                   min_area: int = 0):
@@ -31,49 +30,6 @@ def cut_and_merge(classes: np.ndarray, prob: np.ndarray, block: tuple[int, int],
     for (window, local, _), lut in zip(pieces, merged.luts):
         instances[window] = lut[local]
     return instances, merged
-
-
-def whole_image_reference(classes: np.ndarray, object_classes=(1, 2), min_area: int = 0) -> np.ndarray:
-    """Connected components of the whole image in memory, per class, small ones removed."""
-    instances, count = np.zeros(classes.shape, dtype=np.int64), 0
-    for c in object_classes:
-        labelled, n = ndimage.label(classes == c, structure=EIGHT)
-        instances[labelled > 0] = labelled[labelled > 0] + count
-        count += n
-    areas = np.bincount(instances.ravel())
-    instances[(areas < min_area)[instances] & (instances > 0)] = 0
-    return instances
-
-
-def by_first_pixel(instances: np.ndarray) -> np.ndarray:
-    """Renumber ids 1..N in raster order of each object's first pixel."""
-    ids, first = np.unique(instances.ravel(), return_index=True)
-    ordered = ids[np.argsort(first)]
-    ordered = ordered[ordered > 0]
-    renumber = np.zeros(instances.max() + 1, dtype=np.int64)
-    renumber[ordered] = np.arange(1, len(ordered) + 1)
-    return renumber[instances]
-
-
-def assert_same_objects(got: np.ndarray, expected: np.ndarray) -> None:
-    """Equal up to a bijection of ids that keeps 0 as background; and equal once numbered by first pixel."""
-    pairs = np.unique(np.stack([got.ravel(), expected.ravel()]), axis=1)
-    assert len(np.unique(pairs[0])) == len(np.unique(pairs[1])) == pairs.shape[1]
-    assert ((pairs[0] == 0) == (pairs[1] == 0)).all()
-    np.testing.assert_array_equal(got, by_first_pixel(expected))
-
-
-def reference_table(classes: np.ndarray, prob: np.ndarray, instances: np.ndarray) -> dict:
-    """The table computed from whole-image arrays with scipy.ndimage, rows in id order."""
-    ids = np.arange(1, instances.max() + 1)
-    boxes = ndimage.find_objects(instances)
-    centroids = np.array(ndimage.center_of_mass(np.ones_like(instances), instances, ids)).reshape(-1, 2)
-    return {"class": np.array([classes[b][instances[b] == i][0] for i, b in zip(ids, boxes)]),
-            "area_px": ndimage.sum_labels(np.ones_like(instances), instances, ids),
-            "centroid_y": centroids[:, 0], "centroid_x": centroids[:, 1],
-            "bbox_y0": [b[0].start for b in boxes], "bbox_x0": [b[1].start for b in boxes],
-            "bbox_y1": [b[0].stop for b in boxes], "bbox_x1": [b[1].stop for b in boxes],
-            "mean_probability": ndimage.mean(prob, instances, ids)}
 
 
 def check(classes: np.ndarray, block: tuple[int, int], min_area: int = 0, object_classes=(1, 2)) -> None:

@@ -12,6 +12,7 @@ hold for the code that runs, not for a model of it:
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,10 +21,11 @@ from hypothesis import strategies as st
 
 from unet.io.output import OutputSpec
 from unet.io.source import SourceSpec
-from unet.job.actor import BlockRunner, JobSpec
-from unet.job.driver import _run_pyramids, _run_round
+from unet.job.actor import commit_block
 from unet.job.plan import BlockPlan
 from unet.job.pyramid import level_plan
+from unet.job.rounds import Call, run_pyramids, run_round
+from unet.job.spec import ActorMethod, BlockFailure, BlockStats, JobSpec, SkipReason
 
 
 @dataclass
@@ -39,15 +41,19 @@ class RecordingWriter:
     """Stands in for the output: records writes, checking each array fits the rectangle it goes to."""
 
     def __init__(self, spec: OutputSpec):
-        self.spec, self.writes, self.round, self.task = spec, [], 0, 0
+        self.spec, self.writes, self.marked, self.round, self.task = spec, [], [], 0, 0
 
     def write(self, level: int, rows: tuple[int, int], cols: tuple[int, int], labels: np.ndarray) -> None:
         assert labels.shape == (rows[1] - rows[0], cols[1] - cols[0])
         self.writes.append(Write(self.round, self.task, level, rows, cols))
 
+    def mark_done(self, key: str) -> None:
+        self.marked.append(key)
+
 
 class InlineScheduler:
-    """Runs each round's tasks one after the other, making the writes ``BlockRunner`` makes for them."""
+    """Runs each round's tasks one after the other, making the writes the actor makes for them
+    (``commit_block``)."""
 
     def __init__(self, writer: RecordingWriter):
         self.writer, self.blocks = writer, []  # blocks: (round, method, block) of every task run
@@ -59,21 +65,19 @@ class InlineScheduler:
             self.writer.task += 1
             self.blocks.append((self.writer.round, task.method, block))
             labels = np.zeros((block.rows[1] - block.rows[0], block.cols[1] - block.cols[0]), np.uint8)
-            self.writer.write(block.level, block.rows, block.cols, labels)
-            BlockRunner._write_coarser(None, self.writer, block, labels)
-            on_done(task, {"key": block.key})
+            levels = commit_block(self.writer, block, labels)
+            on_done(task, BlockStats(block.key, block.pixels, levels))
 
 
 @dataclass
 class Job:
-    """The fields of a prepared job that the driver's rounds use."""
+    """The fields of a prepared job that the driver's rounds use (a ``RoundJob``)."""
 
     spec: JobSpec
     plan: BlockPlan
     done: set[str] = field(default_factory=set)
-    failed: list[dict] = field(default_factory=list)
-    roi: None = None                                   # every block is segmented
-    skipped: dict[str, int] = field(default_factory=lambda: {"empty": 0, "roi": 0})
+    failed: list[BlockFailure] = field(default_factory=list)
+    skipped: Counter[SkipReason] = field(default_factory=Counter)
 
 
 @st.composite
@@ -90,8 +94,8 @@ def run_plan(shape, chunk, shard, block) -> tuple[OutputSpec, InlineScheduler, l
     out = OutputSpec("unused.zarr", shape, chunk, shard)
     job = Job(JobSpec(SourceSpec("unused.zarr"), out), level_plan(out, 0, block))  # as prepare_job plans it
     scheduler = InlineScheduler(RecordingWriter(out))
-    _run_round(scheduler, [job], "segment", lambda j: j.plan, None)
-    _run_pyramids(scheduler, [job])
+    run_round(scheduler, [job], lambda j: j.plan, lambda j, block: Call(ActorMethod.SEGMENT))  # no ROI
+    run_pyramids(scheduler, [job])
     return out, scheduler, [job]
 
 
@@ -144,5 +148,5 @@ def test_downsampling_reads_only_what_earlier_rounds_wrote(layout):
 def test_every_block_has_its_own_marker(layout):
     _, scheduler, (job,) = run_plan(*layout)
     keys = [block.key for _, _, block in scheduler.blocks]
-    assert len(set(keys)) == len(keys) and job.done == set(keys)
+    assert len(set(keys)) == len(keys) and job.done == set(keys) == set(scheduler.writer.marked)
     assert sum(method == "segment" for _, method, _ in scheduler.blocks) == len(job.plan)

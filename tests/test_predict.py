@@ -43,7 +43,7 @@ def whole_image(model: UNet, image: np.ndarray) -> np.ndarray:
 
 
 def _usable_tiles(model: UNet, hi: int = 3000) -> list[int]:
-    return [n for n in model.valid_input_sizes(1, hi) if model.output_size(n) >= model.grid]
+    return [n for n in model.valid_input_sizes(1, hi) if model.output_size(n) >= model.pooling_period]
 
 
 def _predict_with(predictor: TilePredictor, image: np.ndarray) -> np.ndarray:
@@ -88,9 +88,9 @@ def test_negative_control_misaligned_tiles_break_exactness(upsampling):
     expected = whole_image(model, image)
     tile = _usable_tiles(model)[1]
     predictor = TilePredictor(model, tile=tile, device="cpu")
-    assert predictor.out_tile % model.grid != 0                 # so a grid-1 step leaves the pooling grid
+    assert predictor.out_tile % model.pooling_period != 0                 # so a grid-1 step leaves the pooling grid
     np.testing.assert_allclose(_predict_with(predictor, image), expected, atol=TOL, rtol=0)
-    predictor.grid = 1
+    predictor.pooling_period = 1
     assert np.abs(_predict_with(predictor, image) - expected).max() > 1e-3
 
 

@@ -7,8 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
-from test_segment_inputs import BAD_INPUTS
-from test_train import BAD_DATA, BAD_OPTIONS
+from cases import BAD_DATA, BAD_INPUTS, BAD_OPTIONS
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

@@ -10,7 +10,7 @@ import tifffile
 import zarr
 from PIL import Image
 
-from test_segment import checkpoint, mosaic, reference_labels, segment  # noqa: F401 - fixtures and helpers
+from helpers import reference_labels, segment
 from unet import predict_image
 from unet.errors import UNetError
 from unet.job.roi import load_roi

@@ -1,52 +1,23 @@
-"""The segmentation job end to end, in-process (`main(argv)`) on the session's real local Ray cluster."""
+"""The segmentation job end to end, in-process (`unet.segment`, or the command line's `main(argv)`) on the
+session's real local Ray cluster."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
-import subprocess
 import threading
 import time
 
 import numpy as np
 import pytest
-import torch
 import zarr
+from helpers import ray_worker_pids, reference_labels, run_segment, segment
 
-from unet import UNet, predict_image, save_checkpoint
-from unet.cli import run
-from unet.job.options import main
+from unet import predict_image
 from unet.job.pyramid import mode2x2
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    """A small He-initialised U-Net (depth 3, valid padding) and its checkpoint path."""
-    torch.manual_seed(7)
-    model = UNet(depth=3, base_channels=4).eval()
-    path = tmp_path_factory.mktemp("ckpt") / "model.safetensors"
-    save_checkpoint(model, path, class_names=["background", "thing"])
-    return model, str(path)
-
-
-@pytest.fixture(scope="module")
-def mosaic(tmp_path_factory):
-    """An odd-sized random float32 image as a plain Zarr v3 array, with chunks unlike the output's."""
-    image = np.random.default_rng(3).random((301, 517), dtype=np.float32)
-    path = tmp_path_factory.mktemp("in") / "mosaic.zarr"
-    zarr.create_array(str(path), data=image, chunks=(70, 90))
-    return image, str(path)
-
-
-def segment(*argv: str) -> int:
-    return run(main, [*map(str, argv), "--no-progress"])
-
-
-def reference_labels(model: UNet, image: np.ndarray) -> np.ndarray:
-    return predict_image(model, image).argmax(axis=0)
 
 
 @pytest.mark.parametrize("chunk, block, tile", [(32, 96, 92), (64, 64, 60), (100, 300, 124)])
@@ -54,7 +25,7 @@ def test_level0_equals_whole_image_prediction(checkpoint, mosaic, tmp_path, chun
     model, ckpt = checkpoint
     image, url = mosaic
     out = tmp_path / "out.zarr"
-    assert segment(url, out, "--checkpoint", ckpt, "--chunk", chunk, "--block", block, "--tile", tile) == 0
+    assert run_segment(url, out, ckpt, chunk=chunk, block=block, tile=tile).complete
     np.testing.assert_array_equal(zarr.open_array(str(out / "0"))[:], reference_labels(model, image))
 
 
@@ -62,8 +33,7 @@ def test_pyramid_and_ome_metadata(checkpoint, mosaic, tmp_path):
     model, ckpt = checkpoint
     image, url = mosaic
     out = tmp_path / "out.zarr"
-    assert segment(url, out, "--checkpoint", ckpt, "--chunk", 32, "--block", 64, "--tile", 92,
-                   "--report", tmp_path / "report.json") == 0
+    assert run_segment(url, out, ckpt, chunk=32, block=64, tile=92, report=str(tmp_path / "report.json")).complete
     group = zarr.open_group(str(out), mode="r")
     level = reference_labels(model, image).astype(np.uint8)
     ome = group.attrs["ome"]
@@ -87,8 +57,7 @@ def test_probabilities_and_sharding(checkpoint, mosaic, tmp_path):
     model, ckpt = checkpoint
     image, url = mosaic
     out = tmp_path / "out.zarr"
-    assert segment(url, out, "--checkpoint", ckpt, "--chunk", 32, "--shard", 64, "--block", 128,
-                   "--probabilities") == 0
+    assert run_segment(url, out, ckpt, chunk=32, shard=64, block=128, probabilities=True).complete
     probs = zarr.open_array(str(out / "probabilities"))
     assert probs.dtype == np.float16 and probs.shape == (2, 301, 517)
     np.testing.assert_allclose(probs[:], predict_image(model, image), atol=1e-3)
@@ -99,8 +68,8 @@ def test_resume_runs_only_unfinished_blocks(checkpoint, mosaic, tmp_path):
     """Simulate a driver killed mid-run: some blocks' markers missing and their chunks garbage."""
     model, ckpt = checkpoint
     image, url = mosaic
-    out, args = tmp_path / "out.zarr", ("--checkpoint", ckpt, "--chunk", 32, "--block", 96, "--tile", 92)
-    assert segment(url, out, *args) == 0
+    out, options = tmp_path / "out.zarr", dict(chunk=32, block=96, tile=92)
+    assert run_segment(url, out, ckpt, **options).complete
     markers = sorted((out / "_unet" / "done").iterdir())
     for marker in markers[:3]:
         marker.unlink()
@@ -108,19 +77,19 @@ def test_resume_runs_only_unfinished_blocks(checkpoint, mosaic, tmp_path):
     level0[:96, :96] = 255  # block L0-0-0 is among the three unmarked ones
     group = zarr.open_group(str(out), mode="r+")
     group.attrs["unet"] = {**group.attrs["unet"], "status": "running"}
-    assert segment(url, out, *args, "--report", tmp_path / "r.json") == 0
+    report = run_segment(url, out, ckpt, **options)
+    assert report.complete
     np.testing.assert_array_equal(level0[:], reference_labels(model, image))
-    report = json.loads((tmp_path / "r.json").read_text())
-    assert report["blocks_run"] == 3
+    assert report.stats is not None and report.stats.blocks_run == 3
 
 
 def test_complete_output_is_not_recomputed(checkpoint, mosaic, tmp_path):
     _, ckpt = checkpoint
     _, url = mosaic
     out = tmp_path / "out.zarr"
-    assert segment(url, out, "--checkpoint", ckpt, "--chunk", 64, "--block", 256) == 0
+    assert run_segment(url, out, ckpt, chunk=64, block=256).complete
     before = (out / "zarr.json").read_bytes()
-    assert segment(url, out, "--checkpoint", ckpt, "--chunk", 64, "--block", 256) == 0
+    assert run_segment(url, out, ckpt, chunk=64, block=256).complete
     assert (out / "zarr.json").read_bytes() == before
 
 
@@ -128,12 +97,12 @@ def test_other_options_refused_then_overwritten(checkpoint, mosaic, tmp_path, ca
     model, ckpt = checkpoint
     image, url = mosaic
     out = tmp_path / "out.zarr"
-    assert segment(url, out, "--checkpoint", ckpt, "--chunk", 64, "--block", 128) == 0
+    assert run_segment(url, out, ckpt, chunk=64, block=128).complete
     capsys.readouterr()
     assert segment(url, out, "--checkpoint", ckpt, "--chunk", 32, "--block", 128) == 2
     err = capsys.readouterr().err
     assert "differs in chunk" in err and "--overwrite" in err and len(err.strip().splitlines()) == 1
-    assert segment(url, out, "--checkpoint", ckpt, "--chunk", 32, "--block", 128, "--overwrite") == 0
+    assert run_segment(url, out, ckpt, chunk=32, block=128, overwrite=True).complete
     assert zarr.open_array(str(out / "0")).chunks == (32, 32)
     np.testing.assert_array_equal(zarr.open_array(str(out / "0"))[:], reference_labels(model, image))
 
@@ -156,28 +125,10 @@ def test_poison_block_fails_alone_then_reruns(checkpoint, tmp_path, capsys):
     assert "ome" not in zarr.open_group(str(out)).attrs
     assert len(list((out / "_unet" / "done").iterdir())) == 4 * 5 - 1
     array[100, 100] = image[100, 100]
-    assert segment(url, out, *args, "--report", tmp_path / "r2.json") == 0
+    assert run_segment(url, out, ckpt, chunk=64, block=64, tile=92, max_retries=1,
+                       report=str(tmp_path / "r2.json")).complete
     assert json.loads((tmp_path / "r2.json").read_text())["blocks_run"] == 1
     np.testing.assert_array_equal(zarr.open_array(str(out / "0"))[:], reference_labels(model, image))
-
-
-def _ray_worker_pids(name: str, ancestor: int | None = None) -> list[int]:
-    """Pids of Ray actor processes titled ``ray::NAME`` that descend from ``ancestor`` (by default this test
-    process, whose child is the session cluster's raylet): never those of another Ray session on the machine."""
-    found = subprocess.run(["pgrep", "-f", f"ray::{name}"], capture_output=True, text=True).stdout
-    return [pid for pid in map(int, found.split()) if _descends(pid, ancestor or os.getpid())]
-
-
-def _descends(pid: int, ancestor: int) -> bool:
-    while pid > 1:
-        if pid == ancestor:
-            return True
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                pid = int(f.read().rsplit(")", 1)[1].split()[1])  # the parent's pid
-        except FileNotFoundError:  # exited meanwhile
-            return False
-    return False
 
 
 def test_workers_killed_mid_run(checkpoint, tmp_path):
@@ -193,18 +144,17 @@ def test_workers_killed_mid_run(checkpoint, tmp_path):
         while len(rounds) < 3 and time.monotonic() < deadline:
             done = out / "_unet" / "done"
             if done.exists() and len(list(done.iterdir())) > 2 + 8 * len(rounds):
-                killed = [pid for pid in _ray_worker_pids("BlockRunner") if _kill(pid)]
+                killed = [pid for pid in ray_worker_pids("BlockRunner") if _kill(pid)]
                 if killed:
                     rounds.append(killed)
             time.sleep(0.05)
 
     thread = threading.Thread(target=killer)
     thread.start()
-    code = segment(url, out, "--checkpoint", ckpt, "--chunk", 32, "--block", 32, "--tile", 60,
-                   "--workers", 2, "--cpus-per-worker", 1, "--report", tmp_path / "r.json")
+    report = run_segment(url, out, ckpt, chunk=32, block=32, tile=60, workers=2, cpus_per_worker=1)
     thread.join()
-    assert code == 0 and len(rounds) == 3
-    assert json.loads((tmp_path / "r.json").read_text())["worker_restarts"] >= 3
+    assert report.complete and len(rounds) == 3
+    assert report.stats is not None and report.stats.worker_restarts >= 3
     np.testing.assert_array_equal(zarr.open_array(str(out / "0"))[:], reference_labels(model, image))
 
 
@@ -240,18 +190,16 @@ def test_manifest_runs_many_outputs(checkpoint, mosaic, tmp_path):
                                   reference_labels(model, other))
 
 
-def test_s3_input_and_output(checkpoint, mosaic, s3_server, s3_bucket, tmp_path, capsys):
+def test_input_and_output_in_any_store(checkpoint, mosaic, store, tmp_path, capsys):
+    """Local folders and S3 alike; on S3 the credentials given on the command line appear nowhere."""
     model, ckpt = checkpoint
     image, _ = mosaic
-    store = zarr.storage.FsspecStore.from_url(f"{s3_bucket}/in.zarr", storage_options=s3_server.storage_options)
-    zarr.create_array(store, data=image, chunks=(100, 100))
-    out = f"{s3_bucket}/out.zarr"
-    options = ["--storage-option", "key=testing", "--storage-option", "secret=s3cr3t-value-0",
-               "--storage-option", f"client_kwargs.endpoint_url={s3_server.endpoint_url}"]
+    zarr.create_array(store.zarr_store("in.zarr"), data=image, chunks=(100, 100))
+    secret = ["--storage-option", "key=testing", "--storage-option", "secret=s3cr3t-value-0"] if store.kind == "s3" else []
     # moto accepts any secret; the unusual one lets the test grep every output for it
-    assert segment(f"{s3_bucket}/in.zarr", out, "--checkpoint", ckpt, "--chunk", 64, "--block", 128,
-                   *options, "--report", tmp_path / "r.json") == 0
-    group = zarr.open_group(zarr.storage.FsspecStore.from_url(out, storage_options=s3_server.storage_options))
+    assert segment(store.url("in.zarr"), store.url("out.zarr"), "--checkpoint", ckpt, "--chunk", 64, "--block", 128,
+                   *secret, *store.cli_options, "--report", tmp_path / "r.json") == 0
+    group = zarr.open_group(store.zarr_store("out.zarr"), mode="r")
     np.testing.assert_array_equal(group["0"][:], reference_labels(model, image))
     printed = capsys.readouterr()
     for text in (printed.out, printed.err, (tmp_path / "r.json").read_text(), json.dumps(dict(group.attrs))):

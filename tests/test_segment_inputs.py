@@ -12,10 +12,12 @@ import numpy as np
 import pytest
 import torch
 import zarr
+from cases import BAD_INPUTS
+from helpers import run_segment, write_ome_image
 
 from unet import InputContract, UNet, predict_image, save_checkpoint
+from unet.api import main
 from unet.cli import run
-from unet.job.options import main
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,53 +50,6 @@ def images(tmp_path_factory):
     (root / "model.pt").write_bytes(pickle.dumps({"weights": [1, 2, 3]}))
     write_ome_image(root / "ome.zarr", gray)
     return root, gray
-
-
-def write_ome_image(path: Path, image: np.ndarray) -> None:
-    """A one-level OME-NGFF 0.5 image with a pixel size, as an imaging pipeline would write it."""
-    group = zarr.create_group(str(path))
-    group.create_array("0", data=image, chunks=(64, 64), dimension_names=("y", "x"))
-    group.attrs["ome"] = {"version": "0.5", "multiscales": [{
-        "axes": [{"name": "y", "type": "space", "unit": "micrometer"},
-                 {"name": "x", "type": "space", "unit": "micrometer"}],
-        "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [0.5, 0.25]}]}]}]}
-
-
-BAD_INPUTS = [  # (input, argv with {root} {out} {ckpt} placeholders, words the message must contain)
-    ("INPUT that does not exist", "{root}/missing {out}", "not found"),
-    ("INPUT that is not Zarr, OME-Zarr or TIFF", "{root}/notzarr {out}", "expected a Zarr"),
-    ("1-D array", "{root}/line.zarr {out}", "found shape (50,)"),
-    ("4-D array", "{root}/4d.zarr {out}", "found shape (2, 2, 20, 20)"),
-    ("--axes other than yx, cyx, yxc", "{root}/gray.zarr {out} --axes zyx", "expected axes yx, cyx, yxc"),
-    ("--level the image does not have", "{root}/ome.zarr {out} --level 3", "level"),
-    ("channels unlike the checkpoint's", "{root}/rgb.zarr {out}", "expected 1 channel(s)"),
-    ("dtype unlike the checkpoint's", "{root}/u16.zarr {out}", "pass --input-range LO,HI"),
-    ("--input-range not LO,HI", "{root}/gray.zarr {out} --input-range 5", "expected LO,HI"),
-    ("--input-range with LO >= HI", "{root}/gray.zarr {out} --input-range 9,1", "expected LO < HI"),
-    ("--block not a multiple of --chunk", "{root}/gray.zarr {out} --chunk 64 --block 100", "multiple of --chunk"),
-    ("--shard not a multiple of --chunk", "{root}/gray.zarr {out} --chunk 64 --shard 96", "multiple of --chunk 64"),
-    ("OUTPUT missing", "{root}/gray.zarr", "OUTPUT: expected an output location"),
-    ("OUTPUT inside INPUT", "{root}/gray.zarr {root}/gray.zarr/labels", "expected a location outside INPUT"),
-    ("OUTPUT holding something else", "{root}/gray.zarr {root}/rgb.zarr", "pass --overwrite to replace it"),
-    ("--as-label on a plain array", "{root}/gray.zarr --as-label cells", "expected an OME-Zarr image as INPUT"),
-    ("--as-label with an OUTPUT", "{root}/ome.zarr {out} --as-label cells", "expected no OUTPUT"),
-    ("--manifest and INPUT OUTPUT", "{root}/gray.zarr {out} --manifest {root}/manifest.txt",
-     "expected either --manifest or INPUT OUTPUT"),
-    ("--manifest line without two fields", "--manifest {root}/manifest.txt", "expected 'INPUT OUTPUT'"),
-    ("--storage-option without =", "{root}/gray.zarr {out} --storage-option anon", "expected KEY=VALUE"),
-    ("--checkpoint that does not exist", "{root}/gray.zarr {out} --ckpt {root}/missing.safetensors",
-     "missing.safetensors: file not found"),
-    ("--checkpoint that is a pickle", "{root}/gray.zarr {out} --ckpt {root}/model.pt",
-     "model.pt: expected a safetensors file, found a Python pickle"),
-    ("--object-classes without --objects", "{root}/gray.zarr {out} --object-classes 1",
-     "expected together with --objects"),
-    ("--object-classes the checkpoint does not have", "{root}/gray.zarr {out} --objects --object-classes 7",
-     "expected classes 0..1 or names"),
-    ("--min-area below 0", "{root}/gray.zarr {out} --objects --min-area -1", "expected a number of pixels >= 0"),
-    ("--roi that does not exist", "{root}/gray.zarr {out} --roi {root}/missing-roi.png",
-     "not found (expected a 2-D Zarr array or a PNG/TIFF/JPEG mask)"),
-    ("--roi that is not a 2-D mask", "{root}/gray.zarr {out} --roi {root}/4d.zarr", "expected a 2-D mask (y, x)"),
-]
 
 
 @pytest.mark.parametrize("name, argv, words", BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
@@ -144,7 +99,7 @@ def test_as_label_writes_into_the_ome_image(uint8_checkpoint, images, tmp_path):
     root, gray = images
     image = tmp_path / "image.zarr"
     write_ome_image(image, gray)
-    assert run(main, [str(image), "--as-label", "cells", "--checkpoint", ckpt, "--chunk", "64"]) == 0
+    assert run_segment(image, "", ckpt, as_label="cells", chunk=64).complete
     labels = zarr.open_group(str(image / "labels" / "cells"), mode="r")
     np.testing.assert_array_equal(labels["0"][:], predict_image(model, gray).argmax(0))
     assert zarr.open_group(str(image / "labels"), mode="r").attrs["ome"]["labels"] == ["cells"]
@@ -158,7 +113,7 @@ def test_input_range_rescales_a_uint16_mosaic(uint8_checkpoint, images, tmp_path
     model, ckpt = uint8_checkpoint
     root, gray = images
     out = tmp_path / "out.zarr"
-    assert run(main, [str(root / "u16.zarr"), str(out), "--checkpoint", ckpt, "--input-range", "0,65535"]) == 0
+    assert run_segment(root / "u16.zarr", out, ckpt, input_range=(0.0, 65535.0)).complete
     expected = predict_image(model, gray.astype(np.float32)).argmax(0)  # 257*v/65535*255 == v
     np.testing.assert_array_equal(zarr.open_array(str(out / "0"))[:], expected)
 

@@ -10,7 +10,7 @@ import tifffile
 import torch
 import zarr
 
-from test_segment import checkpoint, reference_labels, segment  # noqa: F401 - a fixture and helpers
+from helpers import reference_labels, segment
 from unet import UNet, predict_image
 from unet.infer.predict import TilePredictor
 from unet.io.source import SourceSpec, open_source

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from unet.demo.nuclei import Scene, nuclei_scene, ship_scene
+from unet.demo.noise import Scene
+from unet.demo.nuclei import nuclei_scene
+from unet.demo.ships import ship_scene
 from unet.errors import UNetError
 
 GENERATORS = [nuclei_scene, ship_scene]

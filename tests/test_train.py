@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import importlib.util
-import shutil
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
-import tifffile
 import torch
+from cases import BAD_DATA, BAD_OPTIONS
+from helpers import disks, make_folder, write
 from PIL import Image
 
-from unet import UNet, load_checkpoint, predict_image, save_checkpoint
+from unet import UNet, UNetConfig, load_checkpoint, predict_image, save_checkpoint
 from unet.cli import run
 from unet.errors import UNetError
 from unet.train.augment import AugmentConfig
@@ -38,40 +38,6 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
-def disks(rng: np.random.Generator, h: int, w: int, n: int = 5, touching: bool = False):
-    """Bright disks on dark noise: image uint8 (H, W) and instance labels (H, W); with ``touching`` the
-    disks come in pairs that share an edge."""
-    yy, xx = np.mgrid[:h, :w]
-    instances = np.zeros((h, w), np.uint16)
-    for i in range(n):
-        cy, cx, r = rng.uniform(8, h - 8), rng.uniform(8, w - 8), rng.uniform(5, 9)
-        instances[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = 2 * i + 1
-        if touching:
-            instances[(yy - cy) ** 2 + (xx - cx - 2 * r) ** 2 < r * r] = 2 * i + 2
-    image = np.clip(40 + 150 * (instances > 0) + rng.normal(0, 20, (h, w)), 0, 255).astype(np.uint8)
-    return image, instances
-
-
-def write(path: Path, array: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix == ".npy":
-        np.save(path, array)
-    elif path.suffix in (".tif", ".tiff"):
-        tifffile.imwrite(path, array)
-    else:
-        Image.fromarray(array).save(path)
-
-
-def make_folder(root: Path, n: int = 3, size: tuple[int, int] = (64, 72), seed: int = 0,
-                instances: bool = False, suffix: str = ".png") -> Path:
-    rng = np.random.default_rng(seed)
-    for i in range(n):
-        image, labels = disks(rng, *size, touching=instances)
-        write(root / "images" / f"img{i}{suffix}", image)
-        write(root / "masks" / f"img{i}{suffix}", labels if instances else (labels > 0).astype(np.uint8))
-    return root
-
-
 def job(*argv: str) -> int:
     return run(train_job.main, list(argv))
 
@@ -82,7 +48,7 @@ def test_training_learns_bright_disks(tmp_path):
     """A few dozen Adam steps separate bright disks from dark noise on an image never seen in training."""
     data = make_folder(tmp_path / "data", n=3, size=(96, 96), seed=1)
     out = tmp_path / "model.safetensors"
-    config = TrainConfig(data=data, out=out, depth=3, base_channels=8, tile=92, batch_size=2, steps=40,
+    config = TrainConfig(data=data, out=out, network=UNetConfig(depth=3, base_channels=8), tile=92, batch_size=2, steps=40,
                          lr=3e-3, val_fraction=0.34, val_every=20, progress=False)
     result = train(config)
     model, meta = load_checkpoint(out)
@@ -110,12 +76,12 @@ def test_checkpoint_records_contract_metrics_seed_hash_and_class_names(tmp_path,
     assert meta["seed"] == 7 and meta["class_names"] == ["background", "nucleus"]
     assert meta["data_sha256"] == data_hash(samples) and len(meta["data_sha256"]) == 64
     assert set(meta["metrics"]["iou"]) == {"background", "nucleus"}
-    assert meta["train_config"]["depth"] == 2 and len(meta["val_images"]) == 1
+    assert meta["train_config"]["network"]["depth"] == 2 and len(meta["val_images"]) == 1
 
 
 def test_progress_bar_shows_loss_speed_and_the_latest_validation(tmp_path, capsys):
-    config = TrainConfig(data=make_folder(tmp_path / "data", n=3), out=tmp_path / "m.safetensors", depth=2,
-                         base_channels=4, tile=44, steps=4, lr=1e-2, val_every=1)
+    config = TrainConfig(data=make_folder(tmp_path / "data", n=3), out=tmp_path / "m.safetensors",
+                         network=UNetConfig(depth=2, base_channels=4), tile=44, steps=4, lr=1e-2, val_every=1)
     history = train(config).history
     last = capsys.readouterr().err.strip().split("\r")[-1]       # the bar's final state
     shown = [f"val_iou={h['foreground_iou']:.3f}, val_dice={h['foreground_dice']:.3f}" for h in history[-2:]]
@@ -136,7 +102,7 @@ def test_data_hash_changes_with_any_pixel(tmp_path):
 def test_same_seed_same_model_and_best_checkpoint_kept(tmp_path):
     data = make_folder(tmp_path / "data", n=3)
     samples = load_folder(data, 2)
-    config = TrainConfig(data=data, out=tmp_path / "a.safetensors", depth=2, base_channels=4, tile=44, steps=4,
+    config = TrainConfig(data=data, out=tmp_path / "a.safetensors", network=UNetConfig(depth=2, base_channels=4), tile=44, steps=4,
                          val_every=1, progress=False)
     a = fit(config, samples[:2], samples[2:], "x")
     b = fit(replace(config, out=tmp_path / "b.safetensors"), samples[:2], samples[2:], "x")
@@ -180,7 +146,7 @@ def test_instances_give_object_scores_and_val_folder(tmp_path):
 
 def test_epochs_set_the_number_of_steps(tmp_path):
     data = make_folder(tmp_path / "data", n=2, size=(40, 40))
-    config = TrainConfig(data=data, out=tmp_path / "m.safetensors", depth=2, base_channels=4, tile=44,
+    config = TrainConfig(data=data, out=tmp_path / "m.safetensors", network=UNetConfig(depth=2, base_channels=4), tile=44,
                          epochs=1.5, val_fraction=0, progress=False)
     result = train(config)
     assert result.steps == int(np.ceil(1.5 * 2 * 40 * 40 / 28**2))  # depth 2 valid: 44 in, 28 out
@@ -248,43 +214,6 @@ def test_tiles_are_normalised_with_the_contract():
 
 # --- bad input: one line, exit code 2 ---------------------------------------------------------------------
 
-def _nan_image(root: Path) -> None:
-    image = np.ones((30, 30), np.float32)
-    image[3, 4] = np.nan
-    write(root / "images" / "img0.npy", image)
-    write(root / "masks" / "img0.npy", np.zeros((30, 30), np.uint8))
-    (root / "images" / "img0.png").unlink()
-    (root / "masks" / "img0.png").unlink()
-
-
-BAD_DATA = {  # (case: (make the folder, words the message must contain)); the README shows them
-    "missing folder": (lambda root: None, "not found"),
-    "no masks folder": (lambda root: (make_folder(root), shutil.rmtree(root / "masks")),
-                        "expected a subfolder masks/"),
-    "no image files": (lambda root: [(root / s).mkdir(parents=True) for s in ("images", "masks")],
-                     "found none"),
-    "image without mask": (lambda root: (make_folder(root), (root / "masks" / "img1.png").unlink()),
-                           "img1.png: has no mask"),
-    "mask without image": (lambda root: (make_folder(root), (root / "images" / "img2.png").unlink()),
-                           "img2.png: has no image"),
-    "sizes differ": (lambda root: (make_folder(root), write(root / "masks" / "img1.png", np.zeros((64, 70), np.uint8))),
-                     "expected the image's size 64x72, found 64x70"),
-    "class out of range": (lambda root: (make_folder(root), write(root / "masks" / "img0.png",
-                                                                  np.full((64, 72), 2, np.uint8))),
-                           "expected class indices 0..1 (2 classes), found 2"),
-    "NaN in an image": (lambda root: (make_folder(root, n=2), _nan_image(root)), "expected finite values, found NaN"),
-    "unreadable image": (lambda root: (make_folder(root), (root / "images" / "img0.png").write_bytes(b"not a png")),
-                   "cannot be read as PNG"),
-    "mixed channels": (lambda root: (make_folder(root), write(root / "images" / "img1.png",
-                                                              np.zeros((64, 72, 3), np.uint8))),
-                       "expected every image like img0 (1 channel(s), uint8), found img1 with 3"),
-    "float mask": (lambda root: (make_folder(root, n=2), write(root / "masks" / "img0.tif",
-                                                              np.zeros((64, 72), np.float32)),
-                                 (root / "masks" / "img0.png").unlink()),
-                   "expected integer labels, found dtype float32"),
-}
-
-
 @pytest.mark.parametrize("case", BAD_DATA)
 def test_bad_data_is_one_line_and_exit_2(tmp_path, capsys, case):
     prepare, message = BAD_DATA[case]
@@ -335,18 +264,6 @@ def test_resume_on_data_of_another_dtype_is_refused(tmp_path, capsys, data_and_c
     assert "trained on uint8 images, the data are uint16" in capsys.readouterr().err
 
 
-BAD_OPTIONS = [  # (options, words the message must contain); the README's bad-input table shows them
-    (["--tile", "45"], "tile: input size 45 is not valid"),
-    (["--val-fraction", "0.9"], "leaves none for training"),
-    (["--instances", "--classes", "3"], "2 classes with instance masks"),
-    (["--class-names", "a,b,c", "--classes", "2"], "expected 2 names for --classes 2, found 3"),
-    (["--resume", "/nonexistent.safetensors"], "file not found"),
-    (["--augment", "-1"], "augmentation: expected"),
-    (["--device", "tpu"], "device: expected cpu, cuda, cuda:N or auto, found 'tpu'"),
-    (["--device", "cuda:99"], "device: cuda:99 requested, but torch finds"),
-]
-
-
 @pytest.mark.parametrize("options,message", BAD_OPTIONS)
 def test_bad_options_are_one_line_and_exit_2(tmp_path, capsys, options, message):
     data = make_folder(tmp_path / "data", n=2)
@@ -367,4 +284,4 @@ def test_library_errors_are_unet_errors(tmp_path):
     with pytest.raises(UNetError, match="steps or epochs, not both"):
         TrainConfig(data=tmp_path, out=tmp_path / "m", steps=3, epochs=1.0)
     with pytest.raises(UNetError, match="expected a checkpoint file name, found a directory"):
-        train(TrainConfig(data=make_folder(tmp_path / "d", n=2), out=tmp_path, depth=2, base_channels=4, tile=44))
+        train(TrainConfig(data=make_folder(tmp_path / "d", n=2), out=tmp_path, network=UNetConfig(depth=2, base_channels=4), tile=44))

@@ -6,9 +6,8 @@ import os
 
 import pytest
 
-from unet.errors import UNetError
-from unet.io.urls import (fs_and_path, is_inside, parse_storage_options, redact, redact_text,
-                          resolve_storage_options, same_store)
+from unet.errors import UNetError, redact, redact_text
+from unet.io.urls import fs_and_path, is_inside, parse_storage_options, resolve_storage_options, same_store
 
 
 @pytest.mark.parametrize("url, expected", [

@@ -1,9 +1,4 @@
-"""Synthetic scenes with ground truth: fluorescent nuclei and ships at sea, for the demo, tests and benchmarks.
-
-Every scene is a pure function of its shape, its parameters and the random generator (or integer seed) it is
-given. Objects are painted as small stamps into windows around them; smooth fields (illumination, sea colour,
-clouds) come from a random coarse grid interpolated by two small matrix products; nothing loops over pixels.
-"""
+"""Synthetic fluorescent nuclei with ground truth, for the demo, tests and benchmarks."""
 
 from __future__ import annotations
 
@@ -12,71 +7,10 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from unet.demo.noise import (Scene, Seed, affine, check_range, check_shape, ground_truth, smooth_noise,
+                             to_unsigned)
 from unet.errors import UNetError
 
-Seed = np.random.Generator | int
-
-
-@dataclass(frozen=True)
-class Scene:
-    """An image with its ground truth: a class mask and instance labels (0 is background in both)."""
-
-    image: np.ndarray                # (H, W) gray or (3, H, W) RGB
-    mask: np.ndarray                 # (H, W) uint8 class index, == (instances > 0)
-    instances: np.ndarray            # (H, W) uint32, objects numbered 1..N
-    class_names: tuple[str, ...]
-
-
-# --- shared pieces -----------------------------------------------------------------------------------------
-
-def _check_shape(shape: tuple[int, int]) -> tuple[int, int]:
-    if len(shape) != 2 or any(int(n) != n or n < 1 for n in shape):
-        raise UNetError(f"scene shape: expected two positive integers (height, width), found {shape!r}")
-    return int(shape[0]), int(shape[1])
-
-
-def _check_range(name: str, value: float, low: float, high: float) -> None:
-    if not low <= value <= high:
-        raise UNetError(f"{name}: expected a number in [{low}, {high}], found {value!r}")
-
-
-def _interpolation_matrix(n: int, cell: float) -> np.ndarray:
-    """(n, nodes) Gaussian weights from pixels to a coarse grid of nodes ``cell`` pixels apart (border incl.)."""
-    nodes = int(np.ceil(n / cell)) + 4
-    position = np.arange(n, dtype=np.float32) / cell + 2.0             # (n,) in node units
-    return np.exp(-0.5 * ((position[:, None] - np.arange(nodes)) / 0.7) ** 2, dtype=np.float32)
-
-
-def _smooth_noise(shape: tuple[int, int], rng: np.random.Generator, cell: float, octaves: int = 1) -> np.ndarray:
-    """A smooth random field with zero mean and features about ``cell`` pixels wide.
-
-    With one octave its variance is 1 at every pixel. Each further octave adds features twice as wide and
-    twice as strong, which makes the field fractal (cloud-like).
-    """
-    rows = _interpolation_matrix(shape[0], cell)                      # (H, h)
-    cols = _interpolation_matrix(shape[1], cell)                      # (W, w)
-    grid = rng.standard_normal((rows.shape[1], cols.shape[1]), dtype=np.float32)
-    for octave in range(1, octaves):
-        step = 2**octave
-        coarse = rng.standard_normal((grid.shape[0] // step + 2, grid.shape[1] // step + 2), dtype=np.float32)
-        grid += step * ndimage.zoom(coarse, step, order=1)[:grid.shape[0], :grid.shape[1]]
-    field = rows @ grid @ cols.T                                      # (H, W)
-    field /= np.sqrt((rows**2).sum(1))[:, None]
-    field /= np.sqrt((cols**2).sum(1))[None, :]
-    return field
-
-
-def _to_unsigned(image: np.ndarray, dtype: type) -> np.ndarray:
-    """Round and clip a float image whose range is that of ``dtype``."""
-    top = np.iinfo(dtype).max
-    return np.clip(np.rint(image, out=image), 0, top, out=image).astype(dtype)
-
-
-def _ground_truth(instances: np.ndarray) -> np.ndarray:
-    return (instances > 0).astype(np.uint8)
-
-
-# --- nuclei ------------------------------------------------------------------------------------------------
 
 _NUCLEI_PER_BATCH = 2048    # nuclei stamped per vectorised batch: bounds the memory of the stamp stack
 _PHOTONS = 200.0            # expected photons of a nucleus of brightness 1 under unit illumination
@@ -110,9 +44,9 @@ def nuclei_scene(shape: tuple[int, int], rng: Seed, *, density: float = 0.25,
     autofluorescence, shot noise (a Gaussian of the Poisson variance) and read noise; ``dtype`` is np.uint8
     or np.uint16, the brightest nuclei saturate.
     """
-    shape = _check_shape(shape)
-    _check_range("density", density, 1e-6, 1.0)
-    _check_range("touching", touching, 0.0, 1.0)
+    shape = check_shape(shape)
+    check_range("density", density, 1e-6, 1.0)
+    check_range("touching", touching, 0.0, 1.0)
     if not 0 < radius[0] <= radius[1]:
         raise UNetError(f"radius: expected (min, max) with 0 < min <= max, found {radius!r}")
     if np.dtype(dtype) not in (np.uint8, np.uint16):
@@ -121,7 +55,7 @@ def nuclei_scene(shape: tuple[int, int], rng: Seed, *, density: float = 0.25,
     nuclei = _place_nuclei(shape, rng, density, radius, touching)
     instances, clean = _paint_nuclei(shape, nuclei)
     image = _fluorescence(clean, rng, dtype)
-    return Scene(image, _ground_truth(instances), instances, ("background", "nucleus"))
+    return Scene(image, ground_truth(instances), instances, ("background", "nucleus"))
 
 
 def _place_nuclei(shape, rng, density, radius, touching) -> _Nuclei:
@@ -215,9 +149,9 @@ def _fluorescence(clean, rng, dtype):
     # Whole-image steps work in place on few buffers: allocating large arrays is a large part of the time.
     shape = clean.shape
     photons = ndimage.gaussian_filter(clean, rng.uniform(1.0, 1.6), truncate=3.0)    # (H, W) PSF
-    scratch = _affine(_smooth_noise(shape, rng, cell=max(shape) / 8), 0.06, 0.025)    # autofluorescence
+    scratch = affine(smooth_noise(shape, rng, cell=max(shape) / 8), 0.06, 0.025)    # autofluorescence
     photons += scratch
-    illumination = _affine(_smooth_noise(shape, rng, cell=max(shape) / 2), 1.0, 0.2)
+    illumination = affine(smooth_noise(shape, rng, cell=max(shape) / 2), 1.0, 0.2)
     for axis, n in enumerate(shape):                               # vignetting: the corners get 70 %
         falloff = 1 - 0.16 * np.linspace(-1, 1, n, dtype=np.float32) ** 2
         illumination *= falloff[:, None] if axis == 0 else falloff[None, :]
@@ -228,191 +162,4 @@ def _fluorescence(clean, rng, dtype):
     deviation = np.sqrt(np.add(photons, _READ_NOISE**2, out=illumination), out=illumination)
     photons += np.multiply(deviation, noise, out=deviation)     # shot noise as a Gaussian of equal variance
     top = np.iinfo(dtype).max
-    return _to_unsigned(_affine(photons, 0.02 * top, 0.45 * top / _PHOTONS), dtype)
-
-
-def _affine(field: np.ndarray, mean: float, scale: float) -> np.ndarray:
-    """``mean + scale * field``, in place."""
-    field *= scale
-    field += mean
-    return field
-
-
-# --- ships at sea ------------------------------------------------------------------------------------------
-
-_KELVIN_TAN = np.float32(np.tan(np.radians(19.47)))   # half-angle of a ship's V-shaped (Kelvin) wake
-_FOAM = np.array([225, 230, 235], np.float32)         # RGB of wake foam
-_CLOUD = np.array([235, 238, 242], np.float32)        # RGB of cloud tops
-_DECKS = np.array([[200, 95, 70], [90, 160, 110], [110, 140, 200]], np.float32)   # rust, green, blue
-
-
-@dataclass(frozen=True)
-class _Ship:
-    cy: float
-    cx: float
-    heading: float          # radians; x to the right, y down
-    length: float
-    width: float
-    bow: float              # length of the pointed front
-    colour: np.ndarray      # (3,) RGB of the deck
-    deckhouse: float        # brightness factor of the superstructure
-    wake: float             # 0 for a ship at anchor, else the opacity of its wake
-    wake_decay: float       # pixels behind the stern over which the wake fades by 1/e
-
-
-def ship_scene(shape: tuple[int, int], rng: Seed, *, n_ships: int | None = None,
-               moving: float = 0.8, clouds: float = 0.15) -> Scene:
-    """An RGB (3, H, W) uint8 satellite view of the sea with ships, their wakes, haze and thin clouds.
-
-    Ships are bright rotated hulls with a pointed bow, 15-60 px long and 4-12 px wide, that do not
-    overlap; ``n_ships`` (default: one per 2**17 px, at least one) is an upper bound when the scene is
-    crowded. A fraction ``moving`` of them trail a turbulent centre wake and a fading V-shaped wake behind
-    the stern; wakes are sea in the ground truth. ``clouds`` is the fraction of the sky under thin cloud.
-    """
-    shape = _check_shape(shape)
-    _check_range("moving", moving, 0.0, 1.0)
-    _check_range("clouds", clouds, 0.0, 1.0)
-    if n_ships is None:
-        n_ships = max(1, round(shape[0] * shape[1] / 2**17))
-    if n_ships < 0:
-        raise UNetError(f"n_ships: expected a count >= 0, found {n_ships}")
-    rng = np.random.default_rng(rng)
-    image, waves = _sea(shape, rng)
-    ships = _place_ships(shape, rng, n_ships, moving)
-    for ship in ships:
-        _paint_wake(image, waves, ship)
-    instances = np.zeros(shape, np.uint32)
-    for label, ship in enumerate(ships, start=1):
-        _paint_ship(image, instances, ship, label)
-    _atmosphere(image, rng, clouds)
-    _sensor_noise(image, rng, sigma=1.5)
-    return Scene(_to_unsigned(image, np.uint8), _ground_truth(instances), instances, ("sea", "ship"))
-
-
-def _sea(shape, rng):
-    """Sea colour with slow variations, wind waves and a swell; also the wave field for wake turbulence."""
-    deep = np.array([rng.uniform(8, 25), rng.uniform(30, 55), rng.uniform(45, 80)], np.float32)
-    tone = _affine(_smooth_noise(shape, rng, cell=max(shape) / 3), 1.0, 0.12)          # (H, W)
-    scratch = rng.standard_normal(shape, dtype=np.float32)
-    waves = ndimage.gaussian_filter(scratch, (0.8, 2.0), truncate=3.0)                # wind waves
-    waves /= waves[::4, ::4].std() or 1
-    direction, wavelength = rng.uniform(0, np.pi), rng.uniform(12, 30)
-    y = np.arange(shape[0], dtype=np.float32)[:, None] * np.float32(np.sin(direction))
-    x = np.arange(shape[1], dtype=np.float32)[None, :] * np.float32(np.cos(direction))
-    ripples = x + y                                                                      # (H, W)
-    ripples *= np.float32(2 * np.pi / wavelength)
-    np.cos(ripples, out=ripples)                                                         # the swell
-    ripples *= _affine(_smooth_noise(shape, rng, cell=max(shape) / 6), 2.0, 1.0)
-    ripples += np.multiply(waves, 3.5, out=scratch)
-    image = np.empty((3, *shape), np.float32)
-    for channel, (depth, tint) in enumerate(zip(deep, (0.7, 1.0, 1.2))):
-        np.multiply(tone, depth, out=image[channel])
-        image[channel] += np.multiply(ripples, tint, out=scratch)
-    return image, waves                                                                  # (3, H, W), (H, W)
-
-
-def _place_ships(shape, rng, n, moving):
-    """Up to ``n`` ships at random positions (some crossing the border) whose hulls do not overlap."""
-    ships: list[_Ship] = []
-    for _ in range(20 * n):
-        if len(ships) == n:
-            break
-        length = rng.uniform(15, 60)
-        cy, cx = rng.uniform(-length / 4, shape[0] + length / 4), rng.uniform(-length / 4, shape[1] + length / 4)
-        if any(np.hypot(cy - s.cy, cx - s.cx) < (length + s.length) / 2 + 4 for s in ships):
-            continue
-        grey = rng.uniform(170, 245)
-        colour = grey + rng.uniform(-12, 12, 3) if rng.random() < 0.8 else rng.choice(_DECKS) * grey / 230
-        ships.append(_Ship(
-            cy=cy, cx=cx, heading=rng.uniform(0, 2 * np.pi), length=length,
-            width=float(np.clip(length * rng.uniform(0.15, 0.25), 4, 12)), bow=length * rng.uniform(0.15, 0.3),
-            colour=colour.astype(np.float32), deckhouse=rng.choice([0.75, 1.15]),
-            wake=rng.uniform(0.35, 0.7) if rng.random() < moving else 0.0,
-            wake_decay=min(length * rng.uniform(1.5, 3.5), 120.0)))
-    return ships
-
-
-def _window(shape, ship, back, front, half_width):
-    """Row and column slices of the image box around the ship-frame rectangle, or None if outside."""
-    cos, sin = np.cos(ship.heading), np.sin(ship.heading)
-    u = np.array([-back, -back, front, front])
-    v = np.array([-half_width, half_width, -half_width, half_width])
-    y, x = ship.cy + u * sin + v * cos, ship.cx + u * cos - v * sin
-    top, bottom = max(0, int(np.floor(y.min())) - 3), min(shape[0], int(np.ceil(y.max())) + 4)
-    left, right = max(0, int(np.floor(x.min())) - 3), min(shape[1], int(np.ceil(x.max())) + 4)
-    if top >= bottom or left >= right:
-        return None
-    return slice(top, bottom), slice(left, right)
-
-
-def _ship_frame(ship, rows, cols):
-    """Pixel centres of a window in the ship's frame: u along the heading from the centre, v across."""
-    y = np.arange(rows.start, rows.stop, dtype=np.float32)[:, None] - np.float32(ship.cy)
-    x = np.arange(cols.start, cols.stop, dtype=np.float32)[None, :] - np.float32(ship.cx)
-    cos, sin = np.float32(np.cos(ship.heading)), np.float32(np.sin(ship.heading))
-    return x * cos + y * sin, y * cos - x * sin                                        # (h, w), (h, w)
-
-
-def _paint_wake(image, waves, ship):
-    """Blend whitish foam behind a moving ship: a turbulent centre trail and the two arms of a V."""
-    if ship.wake == 0:
-        return
-    half, r = ship.length / 2, ship.width / 2
-    extent = 4 * ship.wake_decay
-    window = _window(image.shape[1:], ship, half + extent, -half, r + extent * _KELVIN_TAN + 6)
-    if window is None:
-        return
-    u, v = _ship_frame(ship, *window)
-    behind = np.maximum(-u - half, 0)                                 # distance behind the stern
-    fade = np.exp(-behind / ship.wake_decay) * np.clip(-u - half + 1, 0, 1)
-    core = r * (1 + behind / ship.length * 0.4)                      # the turbulent trail widens slowly
-    trail = np.exp(-0.5 * (v / core) ** 2) * (0.8 + 0.2 * np.clip(waves[window], -2, 2))
-    arm = (np.abs(v) - r - behind * _KELVIN_TAN) / (1 + 0.04 * behind)
-    arms = 0.45 * np.exp(-0.5 * arm**2)
-    alpha = np.clip(ship.wake * fade * (trail + arms), 0, 0.9)                   # (h, w)
-    view = image[:, window[0], window[1]]
-    view += alpha * (_FOAM[:, None, None] - view)
-
-
-def _paint_ship(image, instances, ship, label):
-    """Paint an anti-aliased, slightly blurred hull with a deckhouse and record its pixels as ``label``."""
-    reach = np.hypot(ship.length / 2, ship.width / 2)
-    window = _window(image.shape[1:], ship, reach, reach, reach)
-    if window is None:
-        return
-    u, v = _ship_frame(ship, *window)
-    half, r = ship.length / 2, ship.width / 2
-    outside = np.maximum(np.maximum(np.abs(v) - r, -half - u),                  # signed distance (convex)
-                         (ship.bow * np.abs(v) + r * (u - half)) / np.hypot(ship.bow, r))
-    alpha = np.clip(0.5 - outside, 0, 1)                                            # (h, w)
-    shade = 1 - 0.2 * np.clip(np.abs(v) / r, 0, 1) ** 2
-    deckhouse = (u > -0.75 * half) & (u < -0.3 * half) & (np.abs(v) < 0.6 * r)
-    shade = np.where(deckhouse, shade * ship.deckhouse, shade)
-    view = image[:, window[0], window[1]]
-    hull = np.clip(ship.colour[:, None, None] * shade, 0, 255)                        # (3, h, w)
-    change = alpha * (hull - view)
-    view += ndimage.gaussian_filter(change, (0, 0.6, 0.6), truncate=3.0)             # sensor blur
-    instances[window][outside <= 0] = label
-
-
-def _atmosphere(image, rng, clouds):
-    """A thin uneven haze over the whole scene and, over a fraction ``clouds`` of it, thin clouds."""
-    shape = image.shape[1:]
-    haze = _affine(_smooth_noise(shape, rng, cell=max(shape) / 2), 0.06, 0.03)         # (H, W) opacity
-    if clouds > 0:
-        field = _smooth_noise(shape, rng, cell=32, octaves=4)
-        sample = field[::8, ::8]
-        field -= np.quantile(sample, 1 - clouds)
-        haze += np.clip(_affine(field, 0.0, 0.6 / (sample.std() or 1.0)), 0, 0.6, out=field)
-    np.clip(haze, 0, 0.7, out=haze)
-    scratch = np.empty(shape, np.float32)
-    for channel, cloud in enumerate(_CLOUD):
-        image[channel] -= np.multiply(image[channel], haze, out=scratch)
-        image[channel] += np.multiply(haze, cloud, out=scratch)
-
-
-def _sensor_noise(image, rng, sigma):
-    """Add independent Gaussian noise of ``sigma`` to every pixel of a (C, H, W) float32 image, in place."""
-    scratch = np.empty(image.shape[1:], np.float32)
-    for channel in image:
-        channel += _affine(rng.standard_normal(dtype=np.float32, out=scratch), 0.0, sigma)
+    return to_unsigned(affine(photons, 0.02 * top, 0.45 * top / _PHOTONS), dtype)

@@ -22,8 +22,11 @@ from PIL import Image
 from scipy import ndimage
 
 from unet.cli import EXIT_OK, add_debug_flag
-from unet.demo.nuclei import Scene, nuclei_scene, ship_scene
+from unet.demo.noise import Scene
+from unet.demo.nuclei import nuclei_scene
+from unet.demo.ships import ship_scene
 from unet.errors import UNetError
+from unet.nn.config import UNetConfig
 from unet.train.data import Sample, data_hash, make_sample
 from unet.train.loop import TrainConfig, fit
 from unet.train.losses import LossConfig
@@ -113,7 +116,7 @@ def training_samples(recipe: Recipe) -> tuple[list[Sample], list[Sample]]:
     side = recipe.train_size
     per_scene = (side // recipe.crop) ** 2
     if per_scene * recipe.scenes < recipe.crops + 1:
-        raise ValueError(f"{recipe.name}: {recipe.crops + 1} crops of {recipe.crop} px do not fit "
+        raise UNetError(f"{recipe.name}: {recipe.crops + 1} crops of {recipe.crop} px do not fit "
                          f"{recipe.scenes} scene(s) of {side} px")
     scenes = [recipe.draw((side, side), TRAIN_SEED + i, True) for i in range(recipe.scenes)]
     cells = np.random.default_rng(TRAIN_SEED).choice(per_scene * recipe.scenes, recipe.crops + 1, replace=False)
@@ -135,7 +138,8 @@ def train_model(recipe: Recipe, train_set: list[Sample], val_set: list[Sample], 
     """Train the recipe's network on its crops with the paper's augmentation and border-weighted loss
     (Adam: faster than SGD with momentum 0.99 on a short budget)."""
     config = TrainConfig(out=checkpoint, instances=True, class_names=("background", recipe.name),
-                         depth=recipe.depth, base_channels=recipe.base_channels, tile=recipe.tile,
+                         network=UNetConfig(depth=recipe.depth, base_channels=recipe.base_channels),
+                         tile=recipe.tile,
                          batch_size=recipe.batch_size, steps=recipe.steps, optimizer="adam", lr=recipe.lr,
                          val_every=max(1, recipe.steps // 5), loss=LossConfig(class_balance=recipe.class_balance),
                          seed=TRAIN_SEED, device="cpu", progress=progress)
@@ -153,14 +157,14 @@ def write_mosaic(scene: Scene, folder: Path) -> Path:
 
 def segment_mosaic(image: Path, labels: Path, checkpoint: Path) -> np.ndarray:
     """Run the segmentation job over the whole mosaic on (local) Ray; returns the labels (H, W)."""
-    from unet.job.options import main as segment
+    from unet.api import segment
+    from unet.job.options import SegmentOptions
 
-    argv = [str(image), str(labels), "--checkpoint", str(checkpoint), "--chunk", "256", "--block", "1024",
-            "--overwrite", "--no-progress"]
-    code = segment(argv)
-    if code != 0:
-        raise RuntimeError(f"segmentation job: expected exit code 0, found {code}")
-    return zarr.open_group(labels, mode="r")["0"][:]
+    report = segment(SegmentOptions.of(image, labels, checkpoint, chunk=256, block=1024, overwrite=True,
+                                       progress=False))
+    if not report.complete:
+        raise RuntimeError(f"segmentation job: expected a complete output, found {report.failed_blocks} failed blocks")
+    return np.asarray(zarr.open_array(labels / "0", mode="r")[:])
 
 
 def save_preview(scene: Scene, labels: np.ndarray, path: Path) -> None:
@@ -248,6 +252,7 @@ def results_table(results: list[SceneResult]) -> str:
             "------  ----------  ------  -------  ------  ------  ------  ------  -------  ---------  -------"]
     for r in results:
         o, t = r.scores.objects, r.seconds
+        assert o is not None, "the demo's scenes score objects"
         rows.append(f"{r.name:<6}  {r.shape[0]:>4} x {r.shape[1]:<4}  {r.scores.foreground_iou:6.3f}  "
                     f"{r.scores.foreground_dice:7.3f}  {o.precision:6.3f}  {o.recall:6.3f}  {o.f1:6.3f}  "
                     f"{t['draw']:6.0f}  {t['train']:7.0f}  {t['segment']:9.0f}  {t['score']:7.0f}")

@@ -19,14 +19,13 @@ import torch
 
 from unet.errors import UNetError
 from unet.infer.tiling import Reader, read_mirrored, tile_origins
-from unet.nn.model import SizeArithmetic, UNet, UNetConfig
+from unet.nn.config import UNetConfig
+from unet.nn.device import resolve_device
+from unet.nn.model import UNet
+from unet.nn.sizes import SizeArithmetic
 
 DEFAULT_CPU_BUDGET = 1 << 30     # bytes of activations per forward pass on CPU
 MAX_AUTO_TILE = 2048             # no measured gain past this on CPU; GPUs get batches instead
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 class TilePredictor:
@@ -43,16 +42,16 @@ class TilePredictor:
                  device: str | torch.device | None = None, amp: bool | None = None,
                  channels_last: bool | None = None, memory_budget: int | None = None,
                  image_shape: tuple[int, int] | None = None, compile: bool = False):
-        self.device = torch.device(device) if device is not None else default_device()
+        self.device = resolve_device(device)
         cuda = self.device.type == "cuda"
         self.amp = cuda if amp is None else amp
         self.channels_last = True if channels_last is None else channels_last
         self.config = model.config
         self.model = model.to(self.device).eval()
         if self.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
+            self.model = self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.network = torch.compile(self.model) if compile else self.model
-        self.grid = model.grid
+        self.pooling_period = model.pooling_period
         budget = memory_budget or _memory_budget(self.device)
         self.tile = self._choose_tile(model, budget, image_shape) if tile is None else self._check_tile(model, tile)
         if model.config.padding == "valid":
@@ -77,10 +76,10 @@ class TilePredictor:
         if isinstance(tile, bool) or not isinstance(tile, (int, np.integer)):
             raise UNetError(f"tile: expected an integer number of pixels, found {tile!r}")
         tile = int(tile)
-        valid = model.valid_input_sizes(1, tile + 4 * model.grid + model.sizes.min_input)
-        usable = [n for n in valid if _out_size(model, n) >= model.grid]
+        valid = model.valid_input_sizes(1, tile + 4 * model.pooling_period + model.sizes.min_input)
+        usable = [n for n in valid if _out_size(model, n) >= model.pooling_period]
         if tile not in usable:
-            below = [n for n in usable if n < tile][-1:] or ["none"]
+            below = [str(n) for n in usable if n < tile][-1:] or ["none"]
             above = [n for n in usable if n > tile][:1]
             raise UNetError(f"tile: {tile} px is not a valid input size for this U-Net "
                             f"(depth {model.config.depth}, {model.config.padding} padding); "
@@ -91,7 +90,7 @@ class TilePredictor:
     def _choose_tile(model: UNet, budget: int, image_shape: tuple[int, int] | None) -> int:
         """The largest valid tile within the memory budget, no larger than the image needs."""
         candidates = [n for n in model.valid_input_sizes(1, MAX_AUTO_TILE)
-                      if _out_size(model, n) >= model.grid]
+                      if _out_size(model, n) >= model.pooling_period]
         fitting = [n for n in candidates if _activation_bytes(model, n) <= budget] or candidates[:1]
         if image_shape is not None:
             need = max(image_shape)
@@ -118,8 +117,8 @@ class TilePredictor:
     def _predict_into(self, out: np.ndarray, keep, read: Reader, shape: tuple[int, int], rows: tuple[int, int],
                       cols: tuple[int, int]) -> np.ndarray:
         """Paste ``keep`` of each tile's probabilities (K, n, n) into ``out`` (., h, w)."""
-        ys = tile_origins(*rows, self.out_tile, self.grid)
-        xs = tile_origins(*cols, self.out_tile, self.grid)
+        ys = tile_origins(*rows, self.out_tile, self.pooling_period)
+        xs = tile_origins(*cols, self.out_tile, self.pooling_period)
         wy, wx = ys[0] - self.before, xs[0] - self.before      # window origin in image coordinates
         ticket = self._lock.ticket()                            # this region's place in the device's queue
         window = read_mirrored(read, shape, *self.input_window(rows, cols))  # (C, wh, ww)
@@ -136,8 +135,8 @@ class TilePredictor:
     def input_window(self, rows: tuple[int, int], cols: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
         """The input rows and cols (image coordinates, may leave the image) that ``predict_region`` reads
         for the output rectangle rows x cols: the union of its tiles' inputs."""
-        ys = tile_origins(*rows, self.out_tile, self.grid)
-        xs = tile_origins(*cols, self.out_tile, self.grid)
+        ys = tile_origins(*rows, self.out_tile, self.pooling_period)
+        xs = tile_origins(*cols, self.out_tile, self.pooling_period)
         return ((ys[0] - self.before, ys[-1] - self.before + self.tile),
                 (xs[0] - self.before, xs[-1] - self.before + self.tile))
 
@@ -283,8 +282,8 @@ def _same_halo(model: UNet, tile: int) -> int:
     """Context dropped per side by a same-padded network: the valid margin on the grid, at most a quarter
     of the tile so that half of every tile is kept."""
     valid_margin = SizeArithmetic(UNetConfig(depth=model.config.depth)).margins[0]
-    halo = -(-valid_margin // model.grid) * model.grid
-    return min(halo, tile // 4 // model.grid * model.grid)
+    halo = -(-valid_margin // model.pooling_period) * model.pooling_period
+    return min(halo, tile // 4 // model.pooling_period * model.pooling_period)
 
 
 def _activation_bytes(model: UNet, tile: int) -> int:

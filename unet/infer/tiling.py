@@ -11,22 +11,25 @@ from collections.abc import Callable
 
 import numpy as np
 
+from unet.errors import UNetError
+
 Reader = Callable[[slice, slice], np.ndarray]
 """Reads the in-bounds rectangle (rows, cols) of an image as a (C, h, w) array."""
 
 
-def tile_origins(start: int, stop: int, out_tile: int, grid: int) -> list[int]:
-    """Output origins of tiles of ``out_tile`` pixels covering [start, stop), each a multiple of ``grid``.
+def tile_origins(start: int, stop: int, out_tile: int, period: int) -> list[int]:
+    """Output origins of tiles of ``out_tile`` pixels covering [start, stop), each a multiple of the
+    pooling ``period``.
 
-    Tiles step by the largest multiple of ``grid`` that their output covers; the last one is pulled back
-    (staying on the grid) so that it overshoots ``stop`` as little as possible.
+    Tiles step by the largest multiple of ``period`` that their output covers; the last one is pulled back
+    (staying on the pooling grid) so that it overshoots ``stop`` as little as possible.
     """
-    if out_tile < grid:
-        raise ValueError(f"tile output of {out_tile} px is smaller than the pooling grid of {grid} px")
-    step = out_tile // grid * grid
-    first = start // grid * grid
+    if out_tile < period:
+        raise UNetError(f"tile output of {out_tile} px is smaller than the pooling period of {period} px")
+    step = out_tile // period * period
+    first = start // period * period
     origins = list(range(first, stop - out_tile + step, step)) or [first]
-    origins[-1] = max(first, min(origins[-1], -(-(stop - out_tile) // grid) * grid))
+    origins[-1] = max(first, min(origins[-1], -(-(stop - out_tile) // period) * period))
     return origins
 
 

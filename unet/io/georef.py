@@ -39,22 +39,23 @@ def crs_name(georef: Mapping[str, Any]) -> str | None:
             return f"EPSG:{value}"
         if isinstance(value, str) and value:
             return value
-    keys = georef.get("geotiff", {}).get("GeoKeyDirectoryTag")
+    keys: Any = georef.get("geotiff", {}).get("GeoKeyDirectoryTag")
     if _numbers(keys, 4, 10**6):
         entries = [keys[i:i + 4] for i in range(4, len(keys) - 3, 4)]   # (key id, location, count, value)
-        codes = {key: value for key, location, _, value in entries if location == 0}
-        for key in _GEOKEY_CRS:
-            if 0 < codes.get(key, 0) < 32767:  # 32767 means user-defined
-                return f"EPSG:{codes[key]}"
+        codes = {key_id: code for key_id, location, _, code in entries if location == 0}
+        for key_id in _GEOKEY_CRS:
+            if 0 < codes.get(key_id, 0) < 32767:  # 32767 means user-defined
+                return f"EPSG:{codes[key_id]}"
     return None
 
 
 def _geotiff_transform(tags: Mapping[str, Any]) -> Affine | None:
     """ModelTransformationTag (a 4x4 matrix), else ModelPixelScaleTag with the first ModelTiepointTag."""
-    matrix = tags.get("ModelTransformationTag")
+    matrix: Any = tags.get("ModelTransformationTag")
     if _numbers(matrix, 16):
         return Affine(matrix[0], matrix[1], matrix[3], matrix[4], matrix[5], matrix[7])
-    scale, tie = tags.get("ModelPixelScaleTag"), tags.get("ModelTiepointTag")
+    scale: Any = tags.get("ModelPixelScaleTag")
+    tie: Any = tags.get("ModelTiepointTag")
     if _numbers(scale, 2, 3) and _numbers(tie, 6, 10**6):
         col, row, _, x, y, _ = tie[:6]
         return Affine(scale[0], 0.0, x - col * scale[0], 0.0, -scale[1], y + row * scale[1])

@@ -22,8 +22,8 @@ import fsspec
 import numpy as np
 import zarr
 
-from unet.errors import UNetError
-from unet.io.urls import fs_and_path, open_store, redact
+from unet.errors import UNetError, redact
+from unet.io.urls import fs_and_path, open_store
 
 MARKERS = "_unet/done"
 STATUS_RUNNING, STATUS_COMPLETE = "running", "complete"
@@ -101,9 +101,7 @@ def _create_output(spec: OutputSpec, unet_attrs: dict[str, Any], overwrite: bool
     # A group of its own, so that Zarr readers listing OUTPUT see a known node, not a stray folder.
     group.create_group("_unet", attributes={"description": "unet job state: one done-marker per block"})
     for level, shape in enumerate(spec.level_shapes):
-        group.create_array(str(level), shape=shape, dtype="uint8", chunks=(spec.chunk,) * 2,
-                           shards=(spec.shard,) * 2 if spec.shard else None, fill_value=0,
-                           dimension_names=("y", "x"))
+        create_label_array(group, str(level), spec, shape, "uint8")
     if spec.probabilities:
         group.create_array("probabilities", shape=(spec.num_classes, *spec.shape), dtype="float16",
                            chunks=(spec.num_classes, spec.chunk, spec.chunk),
@@ -111,10 +109,18 @@ def _create_output(spec: OutputSpec, unet_attrs: dict[str, Any], overwrite: bool
                            fill_value=0, dimension_names=("c", "y", "x"))
 
 
+def create_label_array(group: zarr.Group, name: str, spec: OutputSpec, shape: tuple[int, int],
+                       dtype: Any) -> None:
+    """A (y, x) array of labels (classes, or object ids) chunked and sharded as the output is, fill 0."""
+    group.create_array(name, shape=shape, dtype=dtype, chunks=(spec.chunk,) * 2,
+                       shards=(spec.shard,) * 2 if spec.shard else None, fill_value=0, dimension_names=("y", "x"))
+
+
 def update_unet_attrs(spec: OutputSpec, **changes: Any) -> None:
     with writing(spec):
         group = zarr.open_group(open_store(spec.url, spec.storage_options), mode="r+")
-        group.attrs["unet"] = {**group.attrs.get("unet", {}), **changes}
+        before: Any = group.attrs.get("unet", {})
+        group.attrs["unet"] = {**before, **changes}
 
 
 def write_ome_metadata(spec: OutputSpec, ome: dict[str, Any]) -> None:
@@ -128,7 +134,7 @@ def register_label(spec: OutputSpec, name: str) -> None:
     parent = spec.url.rstrip("/").rsplit("/", 1)[0]
     with writing(spec):
         group = zarr.open_group(open_store(parent, spec.storage_options), mode="a")
-        ome = dict(group.attrs.get("ome", {"version": "0.5"}))
+        ome: dict[str, Any] = dict(group.attrs.get("ome", {"version": "0.5"}))  # type: ignore[arg-type]
         ome["labels"] = sorted({*ome.get("labels", []), name})
         group.attrs["ome"] = ome
 
@@ -139,18 +145,31 @@ class OutputWriter:
     def __init__(self, spec: OutputSpec):
         self.spec = spec
         self.group = zarr.open_group(open_store(spec.url, spec.storage_options), mode="r+")
-        self.levels = [self.group[str(k)] for k in range(len(spec.level_shapes))]
-        self.probabilities = self.group["probabilities"] if spec.probabilities else None
+        self.levels = [self._array(str(k)) for k in range(len(spec.level_shapes))]
+        self.probabilities = self._array("probabilities") if spec.probabilities else None
         self.fs, self.path = filesystem(spec.url, spec.storage_options)
 
     def write(self, level: int, rows: tuple[int, int], cols: tuple[int, int], labels: np.ndarray) -> None:
         self.levels[level][slice(*rows), slice(*cols)] = labels
 
     def read(self, level: int, rows: tuple[int, int], cols: tuple[int, int]) -> np.ndarray:
-        return self.levels[level][slice(*rows), slice(*cols)]
+        return np.asarray(self.levels[level][slice(*rows), slice(*cols)])
 
     def write_probabilities(self, rows: tuple[int, int], cols: tuple[int, int], probs: np.ndarray) -> None:
+        assert self.probabilities is not None, "an output without probabilities"
         self.probabilities[:, slice(*rows), slice(*cols)] = probs.astype(np.float16)
+
+    def write_array(self, path: str, rows: tuple[int, int], cols: tuple[int, int], data: np.ndarray) -> None:
+        """Write rows x cols of another (y, x) array inside the output (e.g. --objects' local ids)."""
+        self._array(path)[slice(*rows), slice(*cols)] = data
+
+    def read_array(self, path: str, rows: tuple[int, int], cols: tuple[int, int]) -> np.ndarray:
+        return np.asarray(self._array(path)[slice(*rows), slice(*cols)])
+
+    def _array(self, path: str) -> zarr.Array:
+        node = self.group[path]
+        assert isinstance(node, zarr.Array), f"{path}: expected an array"
+        return node
 
     def mark_done(self, key: str) -> None:
         self.put(posixpath.join(MARKERS, key), b"")

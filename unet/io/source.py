@@ -20,10 +20,10 @@ import numpy as np
 import zarr
 import zarr.errors
 
-from unet.errors import UNetError
+from unet.errors import UNetError, redact, redact_text
 from unet.io import multiscales
 from unet.io.tiff import is_tiff_header, open_tiff_level
-from unet.io.urls import fs_and_path, is_local, local_path, open_store, protocol, redact, redact_text
+from unet.io.urls import fs_and_path, is_local, local_path, open_store, protocol
 
 PLAIN_AXES = ("yx", "cyx", "yxc")
 MAX_CHANNELS = 16  # a dimension this small, first or last, holds channels in a plain 3-D array
@@ -121,9 +121,10 @@ def _is_tiff(url: str, storage_options: Mapping[str, Any], name: str) -> bool:
         with open(path, "rb") as f:
             head = f.read(4)
     else:
-        head = _probe_remote(url, storage_options, name)
-        if head is None:
+        probed = _probe_remote(url, storage_options, name)
+        if probed is None:
             return False
+        head = probed
     if not is_tiff_header(head):
         raise UNetError(f"input {name}: expected a Zarr store (a directory or prefix) or a TIFF file, "
                         f"found a file that is neither")
@@ -177,15 +178,18 @@ def _open_group(spec: SourceSpec, name: str, group: zarr.Group) -> Source:
     """An OME-Zarr image (at the group or its child "0", bioformats2raw) or the group's only image array."""
     for path in ("", "0"):
         image = group if path == "" else group.get(path)
-        multiscale = multiscales.find_multiscales(image.attrs) if isinstance(image, zarr.Group) else None
-        if multiscale is not None:
-            return _open_ome(spec, name, image, multiscale, path)
+        if isinstance(image, zarr.Group):
+            multiscale = multiscales.find_multiscales(image.attrs)
+            if multiscale is not None:
+                return _open_ome(spec, name, image, multiscale, path)
     arrays = [key for key, array in group.arrays() if array.ndim >= 2]
     if len(arrays) != 1:
         found = f"arrays {', '.join(sorted(arrays))}" if arrays else "no array of 2 or more dimensions"
         raise UNetError(f"input {name}: expected an OME-Zarr image or a group holding one image array, "
                         f"found {found}; point the URL at the array to segment")
-    return _open_plain(spec, name, group[arrays[0]], dict(group.attrs))
+    array = group[arrays[0]]
+    assert isinstance(array, zarr.Array)
+    return _open_plain(spec, name, array, dict(group.attrs))
 
 
 def _open_ome(spec: SourceSpec, name: str, image: zarr.Group, multiscale: Mapping, ome_path: str) -> Source:

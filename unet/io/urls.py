@@ -6,35 +6,15 @@ from __future__ import annotations
 import copy
 import json
 import os
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import fsspec
 
-from unet.errors import UNetError
+from unet.errors import UNetError, redact
 
 _S3_PROTOCOLS = ("s3", "s3a")
-_URL_IN_TEXT = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://[^\s\"'<>]+")
-
-
-def redact(url: str) -> str:
-    """``url`` without credentials (``user:password@``) and without any query string (signed URLs, tokens)."""
-    return "::".join(_redact_one(part) for part in url.split("::"))  # fsspec chains: "simplecache::s3://…"
-
-
-def redact_text(text: str) -> str:
-    """``text`` (e.g. a library's error message) with every URL in it redacted."""
-    return _URL_IN_TEXT.sub(lambda match: redact(match.group()), text)
-
-
-def _redact_one(url: str) -> str:
-    if "://" not in url:
-        return url  # a local path
-    parts = urlsplit(url)
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
 def is_local(url: str) -> bool:

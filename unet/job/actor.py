@@ -1,8 +1,9 @@
-"""The worker: holds one U-Net on its device and turns blocks of a mosaic into written output chunks.
+"""The actor: holds one U-Net on its device and turns blocks of a mosaic into written output chunks.
 
 ``BlockRunner`` is a plain class, testable without a cluster; the job wraps it in a threaded Ray actor
 (two calls at a time), so one call reads or writes while the other keeps the device busy. The forward
-passes themselves are serialised by the predictor.
+passes themselves are serialised by the predictor. Every call ends the same way (``commit_block``): the
+block's level, its share of the coarser levels, then its done-marker.
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ from __future__ import annotations
 import functools
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -19,26 +21,16 @@ from unet.infer.predict import TilePredictor, class_index
 from unet.infer.tiling import Reader
 from unet.io.output import OutputSpec, OutputWriter
 from unet.io.source import Source, SourceSpec, open_source
-from unet.job.objects.driver import ObjectsSpec, relabel_block, store_block_objects
+from unet.job.objects.actor import relabel_block, store_block_objects
 from unet.job.plan import Block
 from unet.job.pyramid import decimate2x2, halve, mode2x2
 from unet.job.skip import EmptyBlocks
+from unet.job.spec import BlockStats, JobSpec, SkipReason
 from unet.nn.checkpoint import load_checkpoint
 
 
-@dataclass(frozen=True)
-class JobSpec:
-    """One input and its output, as every worker sees them. ``input_range`` (lo, hi) rescales the
-    input linearly onto the value range the model was trained on."""
-
-    source: SourceSpec
-    output: OutputSpec
-    input_range: tuple[float, float] | None = None
-    objects: ObjectsSpec | None = None  # --objects: label connected objects too
-
-
 class BlockRunner:
-    """Loads the checkpoint once; ``segment`` and ``downsample`` each write one block and its marker.
+    """Loads the checkpoint once; each method writes one block and its marker (the ``BlockActor`` contract).
     Without a ``tile``, the predictor picks the largest one within memory that a ``block`` can use."""
 
     def __init__(self, checkpoint: bytes, *, tile: int | None = None, batch_size: int | None = None,
@@ -55,10 +47,10 @@ class BlockRunner:
         self._sources: dict[SourceSpec, Source] = {}
         self._writers: dict[OutputSpec, OutputWriter] = {}
 
-    def segment(self, job: JobSpec, block: Block) -> dict:
+    def segment(self, job: JobSpec, block: Block) -> BlockStats:
         """Predict a level-0 block, write its classes (and probabilities), its share of the coarser
         levels, then its done-marker. A block whose input is all fill value is not run through the network
-        (``unet.job.skip``). Returns small stats, never pixels."""
+        (``unet.job.skip``)."""
         t0 = time.perf_counter()
         self.predictor.take_time_spent()  # forget what a failed call of this thread may have left
         source, writer = self._open(job)
@@ -67,26 +59,25 @@ class BlockRunner:
         t1 = time.perf_counter()
         levels = self._write_prediction(job, writer, block, labels, probs)
         network_s, network_cpu_s = self.predictor.take_time_spent()
-        return {"key": block.key, "pixels": block.pixels, "compute_s": t1 - t0,
-                "write_s": time.perf_counter() - t1, "levels": levels, "skipped": skipped,
-                "network_s": network_s, "network_cpu_s": network_cpu_s}
+        return BlockStats(block.key, block.pixels, levels, compute_s=t1 - t0, write_s=time.perf_counter() - t1,
+                          network_s=network_s, network_cpu_s=network_cpu_s, skipped=skipped)
 
     def _predict(self, job: JobSpec, source: Source, block: Block,
-                 probabilities: bool) -> tuple[np.ndarray, np.ndarray | None, str | None]:
-        """Classes (h, w), probabilities (K, h, w) when they are written, and why the network was not run
-        ("empty") or None. Without probabilities no float copy of the block is made."""
+                 probabilities: bool) -> tuple[np.ndarray, np.ndarray | None, SkipReason | None]:
+        """Classes (h, w), probabilities (K, h, w) when they are written, and why the network was not run,
+        if it was not. Without probabilities no float copy of the block is made."""
         wrap = functools.partial(_rescaling_reader, input_range=job.input_range,
                                  trained_range=self.contract.value_range)
         probs = self.empty.prediction(source, block.rows, block.cols, wrap)         # (K, h, w) or None
         if probs is not None:
-            return class_index(probs), probs, "empty"
+            return class_index(probs), probs, SkipReason.EMPTY
         args = (wrap(source.read), source.shape, block.rows, block.cols)
         if not probabilities:
             return self.predictor.predict_classes(*args), None, None
         probs = self.predictor.predict_region(*args)                                 # (K, h, w)
         return class_index(probs), probs, None
 
-    def background(self, job: JobSpec, block: Block) -> dict:
+    def background(self, job: JobSpec, block: Block) -> BlockStats:
         """Write a level-0 block outside the region of interest as background (class 0; probability 1
         for class 0 when probabilities are written), without reading its input."""
         t0 = time.perf_counter()
@@ -94,56 +85,38 @@ class BlockRunner:
         one_hot = np.eye(job.output.num_classes, 1, dtype=np.float32)[:, :, None]  # (K, 1, 1)
         probs = np.broadcast_to(one_hot, (job.output.num_classes, *block.shape))  # (K, h, w)
         levels = self._write_prediction(job, writer, block, np.zeros(block.shape, np.uint8), probs)
-        return {"key": block.key, "pixels": block.pixels, "compute_s": 0.0,
-                "write_s": time.perf_counter() - t0, "levels": levels, "skipped": "roi"}
+        return BlockStats(block.key, block.pixels, levels, write_s=time.perf_counter() - t0, skipped=SkipReason.ROI)
 
     def _write_prediction(self, job: JobSpec, writer: OutputWriter, block: Block, labels: np.ndarray,
-                          probs: np.ndarray | None) -> list[int]:
-        """Write a level-0 block's classes, probabilities (when the output has them), its objects' summary
-        (with --objects) and coarser levels, then its done-marker."""
-        writer.write(0, block.rows, block.cols, labels)
+                          probs: np.ndarray | None) -> tuple[int, ...]:
+        """Write a level-0 block's probabilities (when the output has them), its objects' summary (with
+        --objects), then commit its classes."""
         if writer.probabilities is not None:
+            assert probs is not None, "an output with probabilities gets them"
             writer.write_probabilities(block.rows, block.cols, probs)
         if job.objects is not None:
             store_block_objects(writer, block, labels, probs, job.objects)
-        levels = self._write_coarser(writer, block, labels)
-        writer.mark_done(block.key)
-        return levels
+        return commit_block(writer, block, labels)
 
-    def relabel(self, job: JobSpec, block: Block, lut: np.ndarray) -> dict:
+    def relabel(self, job: JobSpec, block: Block, lut: np.ndarray) -> BlockStats:
         """Second pass of --objects: write a block of the instance image (``job.output``) with global ids,
-        ``lut[local id]``, and its share of the coarser levels, then its own done-marker."""
+        ``lut[local id]``, its share of the coarser levels and its own done-marker."""
         t0 = time.perf_counter()
         _, writer = self._open(job)
-        ids = relabel_block(writer, block, lut, job.objects)                        # (h, w)
-        writer.write(0, block.rows, block.cols, ids)
-        levels = self._write_coarser(writer, block, ids)
-        writer.mark_done(block.key)
-        return {"key": block.key, "pixels": block.pixels, "compute_s": 0.0,
-                "write_s": time.perf_counter() - t0, "levels": levels}
+        assert job.objects is not None
+        levels = commit_block(writer, block, relabel_block(writer, block, lut, job.objects))
+        return BlockStats(block.key, block.pixels, levels, write_s=time.perf_counter() - t0)
 
-    def downsample(self, job: JobSpec, block: Block) -> dict:
+    def downsample(self, job: JobSpec, block: Block) -> BlockStats:
         """Build a block of pyramid level ``block.level`` from the level above it."""
         t0 = time.perf_counter()
         _, writer = self._open(job)
         above = job.output.level_shapes[block.level - 1]
         rows = (2 * block.rows[0], min(2 * block.rows[1], above[0]))
         cols = (2 * block.cols[0], min(2 * block.cols[1], above[1]))
-        labels = _halving(writer.spec)(writer.read(block.level - 1, rows, cols))    # (h, w)
-        writer.write(block.level, block.rows, block.cols, labels)
-        levels = self._write_coarser(writer, block, labels)
-        writer.mark_done(block.key)
-        return {"key": block.key, "pixels": block.pixels, "compute_s": 0.0,
-                "write_s": time.perf_counter() - t0, "levels": levels}
-
-    def _write_coarser(self, writer: OutputWriter, block: Block, labels: np.ndarray) -> list[int]:
-        """Write the halved block into the ``block.depth`` coarser levels its plan owns outright."""
-        rows, cols, written, halving = block.rows, block.cols, [block.level], _halving(writer.spec)
-        for level in range(block.level + 1, block.level + 1 + block.depth):
-            labels, rows, cols = halving(labels), halve(rows), halve(cols)
-            writer.write(level, rows, cols, labels)
-            written.append(level)
-        return written
+        labels = halving(writer.spec)(writer.read(block.level - 1, rows, cols))     # (h, w)
+        levels = commit_block(writer, block, labels)
+        return BlockStats(block.key, block.pixels, levels, write_s=time.perf_counter() - t0)
 
     def _open(self, job: JobSpec) -> tuple[Source, OutputWriter]:
         """Open the job's source and output once per worker (two calls may race to do it)."""
@@ -155,7 +128,29 @@ class BlockRunner:
             return self._sources[job.source], self._writers[job.output]
 
 
-def _halving(spec: OutputSpec):
+class LevelWriter(Protocol):
+    """What ``commit_block`` needs of an output (``OutputWriter``, or a test's recording stand-in)."""
+
+    spec: OutputSpec
+
+    def write(self, level: int, rows: tuple[int, int], cols: tuple[int, int], labels: np.ndarray) -> None: ...
+    def mark_done(self, key: str) -> None: ...
+
+
+def commit_block(writer: LevelWriter, block: Block, labels: np.ndarray) -> tuple[int, ...]:
+    """Write a block's labels at its level, halved into the ``block.coarser_levels`` levels its plan owns
+    outright, then its done-marker (last: a block counts as done only through it). Returns the levels."""
+    rows, cols, written, halve_labels = block.rows, block.cols, [block.level], halving(writer.spec)
+    writer.write(block.level, rows, cols, labels)
+    for level in range(block.level + 1, block.level + 1 + block.coarser_levels):
+        labels, rows, cols = halve_labels(labels), halve(rows), halve(cols)
+        writer.write(level, rows, cols, labels)
+        written.append(level)
+    writer.mark_done(block.key)
+    return tuple(written)
+
+
+def halving(spec: OutputSpec) -> Callable[[np.ndarray], np.ndarray]:
     """Class images halve by a 2x2 mode, instance images (object ids) by decimation."""
     return decimate2x2 if spec.ids else mode2x2
 

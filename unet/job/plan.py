@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from dask.array.core import normalize_chunks
@@ -20,13 +20,13 @@ from unet.errors import UNetError
 @dataclass(frozen=True)
 class Block:
     """One unit of work: output rows x cols of pyramid ``level`` (0 = full resolution), also written,
-    halved each time, into the next ``depth`` levels."""
+    halved each time, into the next ``coarser_levels`` levels."""
 
     level: int
     index: tuple[int, int]
     rows: tuple[int, int]
     cols: tuple[int, int]
-    depth: int = 0
+    coarser_levels: int = 0
 
     @property
     def key(self) -> str:
@@ -49,22 +49,24 @@ class Block:
 @dataclass(frozen=True)
 class BlockPlan:
     """A grid of blocks over an array of ``shape``, each ``block`` pixels (edges clipped); each block also
-    writes the next ``depth`` pyramid levels (see ``unet.job.pyramid.level_plan``)."""
+    writes the next ``coarser_levels`` pyramid levels (see ``unet.job.pyramid.level_plan``)."""
 
     level: int
     shape: tuple[int, int]
     block: int
-    depth: int = 0
+    coarser_levels: int = 0
+    _sizes: tuple[tuple[int, ...], ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_sizes", normalize_chunks((self.block, self.block), self.shape))
 
     @property
-    def grid(self) -> tuple[int, int]:
+    def counts(self) -> tuple[int, int]:
+        """Blocks along each axis."""
         return len(self._sizes[0]), len(self._sizes[1])
 
     def __len__(self) -> int:
-        return self.grid[0] * self.grid[1]
+        return self.counts[0] * self.counts[1]
 
     def spans(self, axis: int) -> list[tuple[int, int]]:
         """(start, stop) of every block along ``axis``."""
@@ -74,7 +76,7 @@ class BlockPlan:
     def __iter__(self) -> Iterator[Block]:
         rows, cols = self.spans(0), self.spans(1)
         for iy, ix in itertools.product(range(len(rows)), range(len(cols))):
-            yield Block(self.level, (iy, ix), rows[iy], cols[ix], self.depth)
+            yield Block(self.level, (iy, ix), rows[iy], cols[ix], self.coarser_levels)
 
 
 def check_block_size(block: int, chunk: int, shard: int | None) -> None:
@@ -97,7 +99,7 @@ def network_flops(model, tile: int) -> int:
 
     flops = 0
 
-    def count(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+    def count(module: nn.Conv2d | nn.ConvTranspose2d, inputs: tuple, output: torch.Tensor) -> None:
         nonlocal flops
         k = module.kernel_size[0] * module.kernel_size[1]
         if isinstance(module, nn.ConvTranspose2d):  # every input pixel feeds k output pixels per channel
@@ -105,7 +107,7 @@ def network_flops(model, tile: int) -> int:
         else:
             flops += 2 * output.numel() * module.in_channels * k
 
-    meta = type(model).from_config(model.config).to("meta")
+    meta = type(model)(model.config).to("meta")
     hooks = [m.register_forward_hook(count) for m in meta.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
     with torch.no_grad():
         meta(torch.empty(1, model.config.in_channels, tile, tile, device="meta"))

@@ -3,8 +3,8 @@ mode, instance images (object ids) by decimation.
 
 A worker that has just written a block of level ``k`` also writes its halved copies into the coarser
 levels that every block of its plan owns outright: a halved block must start on a pixel pair and cover
-whole writing units (chunks or shards) of the coarser level, or two workers would share a chunk. The depth
-is the same for every block of a plan — an edge block that could go deeper would write pixels that a later
+whole writing units (chunks or shards) of the coarser level, or two workers would share a chunk. The number
+of such levels is the same for every block of a plan — an edge block that could go deeper would write pixels that a later
 round writes again. Levels no block owns are built afterwards, in rounds of blocks over the level above.
 """
 
@@ -57,22 +57,22 @@ def level_plan(out: OutputSpec, level: int, block: int) -> BlockPlan:
     """The blocks of pyramid ``level`` of ``out``, with the number of coarser levels each one writes."""
     shapes = out.level_shapes
     plan = BlockPlan(level, shapes[level], block)
-    depth = min(owned_levels(plan.spans(axis), shapes[level][axis], out.unit, len(shapes) - 1 - level)
-                for axis in (0, 1))
-    return replace(plan, depth=depth)
+    coarser = min(owned_levels(plan.spans(axis), shapes[level][axis], out.unit, len(shapes) - 1 - level)
+                  for axis in (0, 1))
+    return replace(plan, coarser_levels=coarser)
 
 
 def owned_levels(spans: list[tuple[int, int]], size: int, unit: int, levels: int) -> int:
     """How many further levels (at most ``levels``) every one of ``spans`` along an axis of ``size``
     pixels owns, without sharing a pixel pair or a writing unit of ``unit`` pixels with another span: the
     pyramid levels that blocks write themselves, with no round of their own."""
-    depth = levels
+    owned = levels
     for span in spans:
         n, s, k = 0, size, span
-        while n < depth and _axis_owns(k, s, unit):
+        while n < owned and _axis_owns(k, s, unit):
             n, k, s = n + 1, halve(k), -(-s // 2)
-        depth = n
-    return depth
+        owned = n
+    return owned
 
 
 def _axis_owns(span: tuple[int, int], size: int, unit: int) -> bool:

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from unet.errors import UNetError
-from unet.io.urls import fs_and_path, open_store, redact
+from unet.errors import UNetError, redact
+from unet.io.urls import fs_and_path, open_store
 from unet.job.plan import Block
 
 MAX_PIXELS = 1 << 26       # 64 Mpx: 64 MB of booleans in the driver
@@ -56,7 +56,7 @@ def load_roi(url: str, storage_options: dict, shape: tuple[int, int]) -> RegionO
     if not mask.any():
         raise UNetError(f"{name}: expected some non-zero pixels of interest, found none (nothing would be "
                         "segmented)")
-    return RegionOfInterest(mask, tuple(shape))
+    return RegionOfInterest(mask, (shape[0], shape[1]))
 
 
 def _check_aspect(mask_shape: tuple[int, int], shape: tuple[int, int], name: str) -> None:
@@ -78,7 +78,7 @@ def _read_mask(url: str, storage_options: dict, name: str) -> np.ndarray:
         node = zarr.open(store=open_store(url, storage_options, read_only=True), mode="r")
         if not isinstance(node, zarr.Array):
             raise UNetError(f"{name}: expected a Zarr array, found a group; point the URL at the array")
-        return node[...]
+        return np.asarray(node[...])
     try:
         data = fs.cat_file(path)
     except (FileNotFoundError, IsADirectoryError):

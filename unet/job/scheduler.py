@@ -28,7 +28,8 @@ POLL_SECONDS = 1.0
 
 @dataclass
 class Task:
-    """A call to make on some actor: ``method(*args)``; ``tag`` identifies it to the callbacks."""
+    """A call to make on some actor: ``method(*args)`` (a method name, e.g. an ``ActorMethod``); ``tag``
+    identifies it to the callbacks."""
 
     method: str
     args: tuple
@@ -46,7 +47,8 @@ class _Running:
 
 class WorkerStartError(UNetError):
     """Actors keep dying before they start: their constructor raises (e.g. a device the node does not
-    have) or their nodes keep failing. The command line shows it as one line."""
+    have) or their nodes keep failing. The command line shows it as one line (the job adds which of its
+    options to check)."""
 
 
 class Scheduler:
@@ -104,8 +106,7 @@ class Scheduler:
             self.failed_starts += 1
             if self.failed_starts > self.max_deaths * len(self.actors):
                 raise WorkerStartError(f"workers: expected them to start, found {self.failed_starts} deaths "
-                                       f"before starting; last: {str(e).strip().splitlines()[-1]} "
-                                       "(check --device and --gpus-per-worker)") from None
+                                       f"before starting; last: {str(e).strip().splitlines()[-1]}") from None
             self._replace(actor, running, retry)
             return
         self.failed_starts = 0

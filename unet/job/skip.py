@@ -75,7 +75,7 @@ def constant_prediction(predictor: TilePredictor, source: Source, wrap: Callable
 
     n = predictor.out_tile
     probs = predictor.predict_region(wrap(constant), (n, n), (0, n), (0, n))       # (K, n, n)
-    cell = probs[:, :predictor.grid, :predictor.grid].copy()                        # (K, g, g)
+    cell = probs[:, :predictor.pooling_period, :predictor.pooling_period].copy()                        # (K, g, g)
     return cell if np.abs(probs - periodic(cell, (0, n), (0, n))).max() <= PERIODIC_TOLERANCE else None
 
 

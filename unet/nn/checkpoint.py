@@ -12,9 +12,9 @@ import fsspec
 import safetensors.torch
 import torch
 
-from unet.errors import CheckpointError
-from unet.io.urls import redact
-from unet.nn.model import UNet, UNetConfig
+from unet.errors import CheckpointError, redact
+from unet.nn.config import UNetConfig
+from unet.nn.model import UNet
 
 FORMAT = "unet-checkpoint"
 FORMAT_VERSION = 1
@@ -73,7 +73,7 @@ def load_checkpoint(source: str | os.PathLike | bytes, device: str | torch.devic
         tensors = safetensors.torch.load(data)
     except Exception as e:  # safetensors raises its own error type for corrupt data
         raise CheckpointError(f"checkpoint {name}: corrupt safetensors data ({e})") from None
-    model = UNet.from_config(config)
+    model = UNet(config)
     _check_weights(model, tensors, name)
     model.load_state_dict(tensors)
     return model.to(device or "cpu").eval(), metadata

@@ -24,7 +24,7 @@ from PIL import Image
 
 from unet.errors import UNetError
 from unet.infer.tiling import read_mirrored
-from unet.nn.model import InputContract
+from unet.nn.config import InputContract
 from unet.train.augment import AugmentConfig, augment
 from unet.train.losses import separate_instances
 
@@ -94,15 +94,16 @@ def make_sample(name: str, image: np.ndarray, mask: np.ndarray, num_classes: int
     image_source, mask_source = sources or (name, name)
     image, mask = (np.asarray(a, np.uint8) if np.asarray(a).dtype == bool else np.asarray(a) for a in (image, mask))
     sha256 = sha256 or _array_hash(image, mask)
-    image = as_chw(image, image_source)
+    image = channels_first(image, image_source)
     check_mask(mask, mask_source, image.shape[1:], num_classes, instances)
     if np.issubdtype(image.dtype, np.floating) and not np.isfinite(image).all():
         bad = int((~np.isfinite(image)).sum())
         raise UNetError(f"image {image_source}: expected finite values, found NaN or infinity at {bad} pixels; "
                         "fill them before training")
-    labels = separate_instances(relabel(mask)) if instances else None
-    mask = (labels > 0).astype(np.int64) if instances else mask.astype(np.int64)
-    return Sample(name, image, mask, labels, sha256)
+    if not instances:
+        return Sample(name, image, mask.astype(np.int64), None, sha256)
+    labels = separate_instances(relabel(mask))
+    return Sample(name, image, np.asarray(labels > 0, np.int64), labels, sha256)
 
 
 def _array_hash(*arrays: np.ndarray) -> str:
@@ -129,8 +130,9 @@ def read_array(path: Path, data: bytes, kind: str) -> np.ndarray:
     return array
 
 
-def as_chw(array: np.ndarray, path: str | Path) -> np.ndarray:
-    """(C, H, W) view of a 2-D or 3-D image array (see the module docstring for the channel axis)."""
+def channels_first(array: np.ndarray, path: str | Path) -> np.ndarray:
+    """(C, H, W) view of a 2-D or 3-D image as decoded from a file, whose channels may come last (see the
+    module docstring); ``unet.infer.predict.as_chw`` takes arrays that are channels-first already."""
     if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
         raise UNetError(f"image {path}: expected integer or float pixels, found dtype {array.dtype}")
     if array.ndim not in (2, 3) or 0 in array.shape:
@@ -239,6 +241,7 @@ class TileSampler:
         oy, ox = (int(rng.integers(min(0, n - self.out), max(0, n - self.out) + 1)) for n in (h, w))
         window = self._window(i, oy - self.margins[0] - self.context, ox - self.margins[0] - self.context)
         image, mask, weights = augment(*window, rng, self.augmentation, crop=self.context)  # (C, T, T), ...
+        assert weights is not None, "a weight map goes in, so one comes out"
         target = (slice(self.margins[0], self.margins[0] + self.out),) * 2
         return image, mask[target], weights[target]             # (C, T, T), (h, w), (h, w)
 

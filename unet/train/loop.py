@@ -12,7 +12,7 @@ import math
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,7 +23,9 @@ from tqdm import tqdm
 from unet.errors import UNetError
 from unet.infer.predict import predict_image
 from unet.nn.checkpoint import load_checkpoint, save_checkpoint
-from unet.nn.model import UNet, UNetConfig
+from unet.nn.config import UNetConfig
+from unet.nn.device import resolve_device
+from unet.nn.model import UNet
 from unet.train.augment import AugmentConfig
 from unet.train.data import Sample, TileSampler, data_hash, input_contract, load_folder, split_validation
 from unet.train.losses import LossConfig, class_frequency_weights, segmentation_loss, weight_map
@@ -31,7 +33,7 @@ from unet.train.metrics import Scores, score
 
 DEFAULT_STEPS = 1000
 VALIDATIONS_PER_RUN = 20          # default validation frequency
-ARCHITECTURE = ("in_channels", "num_classes", "depth", "base_channels", "padding", "upsampling", "batch_norm")
+RESUME_MAY_CHANGE = ("dropout", "input")  # network fields a resumed run may set anew; the rest must match
 
 
 @dataclass(frozen=True)
@@ -39,7 +41,9 @@ class TrainConfig:
     """Everything a training run needs. ``steps`` or ``epochs`` (an epoch: as many output pixels as the
     training images hold); neither means DEFAULT_STEPS. ``val_every``: steps between validations (None:
     VALIDATIONS_PER_RUN per run). ``val_fraction`` of the images is held out unless ``val_dir`` is given;
-    0 disables validation and keeps the last model. ``lr`` None: 1e-3 for Adam, 1e-2 for SGD."""
+    0 disables validation and keeps the last model. ``lr`` None: 1e-3 for Adam, 1e-2 for SGD. ``network``
+    sets the U-Net's shape; its ``in_channels``, ``num_classes`` and input contract are taken from the data
+    and ``class_names``."""
 
     out: Path
     data: Path | None = None
@@ -47,12 +51,7 @@ class TrainConfig:
     val_fraction: float = 0.2
     instances: bool = False
     class_names: tuple[str, ...] = ("background", "foreground")
-    depth: int = 5
-    base_channels: int = 64
-    padding: Literal["valid", "same"] = "valid"
-    upsampling: Literal["transpose", "upsample_conv"] = "transpose"
-    batch_norm: bool = False
-    dropout: float = 0.0
+    network: UNetConfig = field(default_factory=UNetConfig)  # its channels, classes and contract come from the data
     tile: int = 572
     batch_size: int = 1
     steps: int | None = None
@@ -142,23 +141,6 @@ def fit(config: TrainConfig, train_set: Sequence[Sample], val_set: Sequence[Samp
     return keeper.result(total, time.perf_counter() - start)
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` is CUDA when available, else the CPU; asking for a CUDA device that is not there is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    unknown = UNetError(f"device: expected cpu, cuda, cuda:N or auto, found {name!r}")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise unknown from None
-    if device.type not in ("cpu", "cuda"):
-        raise unknown
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise UNetError(f"device: {name} requested, but torch finds {torch.cuda.device_count()} CUDA device(s); "
-                        "use --device cpu or auto")
-    return device
-
-
 def check_output(out: Path) -> None:
     if out.is_dir():
         raise UNetError(f"output {out}: expected a checkpoint file name, found a directory")
@@ -170,15 +152,15 @@ def build_model(config: TrainConfig, train_set: Sequence[Sample]) -> UNet:
     checking that it matches the options and the data."""
     contract = input_contract([s.image for s in train_set])
     try:
-        wanted = UNetConfig(contract.channels, config.num_classes, config.depth, config.base_channels,
-                            config.padding, config.upsampling, config.batch_norm, config.dropout, contract)
-    except ValueError as e:
+        wanted = replace(config.network, in_channels=contract.channels, num_classes=config.num_classes,
+                         input=contract)
+    except UNetError as e:
         raise UNetError(f"model options: {e}") from None
     if config.resume is None:
-        return UNet.from_config(wanted)
+        return UNet(wanted)
     old, _ = load_checkpoint(config.resume)
     check_resume(config.resume, old.config, wanted)
-    model = UNet.from_config(replace(wanted, input=old.config.input))  # keep the normalisation it learnt with
+    model = UNet(wanted, input=old.config.input)  # keep the normalisation it learnt with
     model.load_state_dict(old.state_dict())
     return model
 
@@ -186,7 +168,8 @@ def build_model(config: TrainConfig, train_set: Sequence[Sample]) -> UNet:
 def check_resume(path: Path, found: UNetConfig, wanted: UNetConfig) -> None:
     """The checkpoint's network must have the shape the options ask for, and suit the data's dtype."""
     diffs = [f"{k} {getattr(found, k)} (options: {getattr(wanted, k)})"
-             for k in ARCHITECTURE if getattr(found, k) != getattr(wanted, k)]
+             for k in (f.name for f in fields(UNetConfig) if f.name not in RESUME_MAY_CHANGE)
+             if getattr(found, k) != getattr(wanted, k)]
     if diffs:
         raise UNetError(f"checkpoint {path}: its network does not match the options: {', '.join(diffs)}; "
                         "pass the checkpoint's settings or train from scratch")
@@ -199,8 +182,8 @@ def make_sampler(config: TrainConfig, model: UNet, train_set: Sequence[Sample]) 
     """Tiles of the configured (valid) size, with the per-pixel loss weights of every training image."""
     try:
         model.output_size(config.tile)
-    except ValueError as e:
-        raise UNetError(f"tile: {e} (depth {config.depth}, {config.padding} padding)") from None
+    except UNetError as e:
+        raise UNetError(f"tile: {e} (depth {config.network.depth}, {config.network.padding} padding)") from None
     masks = [s.mask for s in train_set]
     class_weights = class_frequency_weights(masks, config.num_classes) if config.loss.class_balance else None
     weights = [weight_map(s.mask, class_weights, s.instances, config.loss) for s in train_set]
@@ -292,7 +275,7 @@ class BestCheckpoint:
 
     def __init__(self, path: Path, metadata: dict[str, Any]):
         self.path, self.metadata = path, metadata
-        self.best: tuple[int, Scores | None] | None = None
+        self.best: tuple[int, Scores | None] | None = None  # the kept model's step and scores
         self.history: list[dict[str, float | None]] = []
 
     def offer(self, model: UNet, step: int, scores: Scores | None, loss: float | None) -> None:
@@ -300,7 +283,8 @@ class BestCheckpoint:
         if scores is not None:
             record |= {"foreground_iou": scores.foreground_iou, "foreground_dice": scores.foreground_dice}
         self.history.append(record)
-        if scores is not None and self.best is not None and scores.foreground_iou <= self.best[1].foreground_iou:
+        kept = self.best[1] if self.best is not None else None
+        if scores is not None and kept is not None and scores.foreground_iou <= kept.foreground_iou:
             return
         self.best = (step, scores)
         save_checkpoint(model, self.path, **self.metadata, step=step, metrics=self._metrics(scores),
@@ -314,6 +298,7 @@ class BestCheckpoint:
         return shown
 
     def result(self, steps: int, seconds: float) -> TrainResult:
+        assert self.best is not None, "no model offered"
         step, scores = self.best
         return TrainResult(self.path, step, steps, self._metrics(scores), tuple(self.history), seconds)
 

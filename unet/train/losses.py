@@ -80,7 +80,7 @@ def border_weights(instances: np.ndarray, w0: float = 10.0, sigma: float = 5.0) 
 def class_frequency_weights(masks: Sequence[np.ndarray], num_classes: int) -> np.ndarray:
     """Per-class weights (K,) inversely proportional to the class frequencies over all ``masks``,
     scaled so that the mean weight over all pixels is 1; a class that never occurs gets 1."""
-    counts = sum(np.bincount(m.ravel(), minlength=num_classes)[:num_classes] for m in masks)
+    counts = np.sum([np.bincount(m.ravel(), minlength=num_classes)[:num_classes] for m in masks], axis=0)
     present = counts > 0
     weights = np.ones(num_classes)
     weights[present] = counts.sum() / (present.sum() * counts[present])

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from unet.errors import UNetError
+
 MATCH_IOU = 0.5
 
 
@@ -105,7 +107,7 @@ def match_objects(pred_foreground: np.ndarray, instances: np.ndarray, threshold:
     """Label the predicted foreground's connected components (4-connected) and match them one-to-one to
     the true instances (labels > 0) with IoU > ``threshold``; above 0.5 a match is necessarily unique."""
     if threshold < 0.5:
-        raise ValueError(f"object matching: expected an IoU threshold >= 0.5 (unique matches), found {threshold}")
+        raise UNetError(f"object matching: expected an IoU threshold >= 0.5 (unique matches), found {threshold}")
     predicted, n_pred = ndimage.label(pred_foreground)         # (H, W) 1..n_pred
     ids = np.unique(instances[instances > 0])
     truth = np.where(instances > 0, np.searchsorted(ids, instances) + 1, 0)  # (H, W) 1..n_true

@@ -1,0 +1,53 @@
+"""The Python entry point of the segmentation job: ``segment(options) -> Report``; the command line
+(``main``), the demo, the benchmarks and the tests call it.
+
+It is also where the two sides of the job meet: it hands the actor class to the driver, so that neither
+imports the other.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Sequence
+
+from unet.cli import EXIT_OK
+from unet.job.actor import BlockRunner
+from unet.job.driver import run_jobs
+from unet.job.options import SegmentOptions, parse_options
+from unet.job.prepare import prepare_jobs, provenance, read_checkpoint, resume
+from unet.job.report import Report, build_report, print_plan, summary_line, write_report
+
+EXIT_PARTIAL = 3
+
+
+def segment(options: SegmentOptions) -> Report:
+    """Segment every INPUT -> OUTPUT pair of ``options`` (resuming unfinished outputs) and return the
+    report; with ``dry_run``, print the plan instead and run nothing. Bad input raises ``UNetError``
+    before anything is written."""
+    started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    checkpoint = read_checkpoint(options)
+    jobs = prepare_jobs(options, checkpoint)
+    if options.dry_run:
+        print_plan(jobs, checkpoint.model, options)
+        return build_report(jobs, None)
+    todo = [job for job in jobs if not job.complete]
+    for job in todo:
+        resume(job)
+    stats = run_jobs(todo, options, checkpoint.data, checkpoint.class_names,
+                     provenance(options, checkpoint.model, checkpoint.sha256, started), BlockRunner) if todo else None
+    report = build_report(jobs, stats)
+    if options.report:
+        write_report(options.report, report, jobs)
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command line: returns the exit code (0 complete, 2 bad input via ``unet.cli.run``, 3 some blocks
+    failed)."""
+    options = parse_options(sys.argv[1:] if argv is None else argv)
+    report = segment(options)
+    if options.dry_run:
+        return EXIT_OK
+    print(summary_line(report), file=sys.stderr)
+    return EXIT_PARTIAL if report.failed_blocks else EXIT_OK

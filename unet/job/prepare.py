@@ -1,0 +1,181 @@
+"""Preparing a run: the checkpoint read once, every INPUT -> OUTPUT pair validated and planned, and what a
+resumed output has done already. Validation only: nothing is written before every input has passed."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import posixpath
+import sys
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from unet.errors import UNetError, redact
+from unet.io.georef import affine_transform
+from unet.io.output import STATUS_COMPLETE, OutputSpec, check_writable, done_keys, read_unet_attrs
+from unet.io.source import Source, SourceSpec, open_source
+from unet.io.urls import is_inside, resolve_storage_options
+from unet.job.options import SegmentOptions
+from unet.job.plan import BlockPlan, check_block_size
+from unet.job.pyramid import level_plan
+from unet.job.roi import RegionOfInterest, load_roi
+from unet.job.spec import INSTANCES, BlockFailure, JobSpec, ObjectsSpec, SkipReason
+from unet.nn.checkpoint import load_checkpoint, read_checkpoint_bytes
+from unet.nn.model import UNet
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """The run's checkpoint: its bytes (sent to the actors once), the model, its hash and class names."""
+
+    data: bytes
+    model: UNet
+    sha256: str
+    class_names: list[str]
+
+
+@dataclass
+class PreparedJob:
+    """One INPUT -> OUTPUT pair, validated; nothing written yet. A ``RoundJob`` for the driver's rounds."""
+
+    spec: JobSpec
+    source: Source
+    plan: BlockPlan
+    fingerprint: dict[str, Any]
+    existing: dict[str, Any] | None
+    done: set[str] = field(default_factory=set)
+    failed: list[BlockFailure] = field(default_factory=list)
+    pixels_done: int = 0
+    roi: RegionOfInterest | None = None
+    skipped: Counter[SkipReason] = field(default_factory=Counter)  # blocks not run, by reason
+    label_name: str | None = None  # set when writing INPUT/labels/NAME of an OME-Zarr image
+    object_counts: dict[str, int] | None = None  # --objects: objects per class, once merged
+
+    @property
+    def complete(self) -> bool:
+        return (self.existing or {}).get("status") == STATUS_COMPLETE
+
+
+def read_checkpoint(opts: SegmentOptions) -> Checkpoint:
+    data = read_checkpoint_bytes(opts.checkpoint, resolve_storage_options(opts.checkpoint, opts.storage_options))
+    model, metadata = load_checkpoint(data, name=redact(opts.checkpoint))
+    class_names = list(metadata.get("class_names") or [f"class {k}" for k in range(model.config.num_classes)])
+    return Checkpoint(data, model, hashlib.sha256(data).hexdigest(), class_names)
+
+
+def prepare_jobs(opts: SegmentOptions, checkpoint: Checkpoint) -> list[PreparedJob]:
+    """Every pair of the run, validated and planned, in order."""
+    return [prepare_job(opts, pair, checkpoint.model, checkpoint.sha256, checkpoint.class_names)
+            for pair in opts.pairs]
+
+
+def resume(job: PreparedJob) -> None:
+    """Before the run: check that the output can be written, and find the blocks a resumed output has done."""
+    check_writable(job.spec.output)
+    job.done = done_keys(job.spec.output) if job.existing is not None else set()
+    job.pixels_done = sum(b.pixels for b in job.plan if b.key in job.done)
+
+
+def prepare_job(opts: SegmentOptions, pair: tuple[str, str], model: UNet, checkpoint_sha: str,
+                class_names: Sequence[str]) -> PreparedJob:
+    """Open and check one INPUT -> OUTPUT pair and plan its blocks; nothing is written."""
+    in_url, out_url = pair
+    so_in = resolve_storage_options(in_url, opts.storage_options)
+    so_out = resolve_storage_options(out_url, opts.storage_options)
+    source = open_source(SourceSpec(in_url, opts.level, opts.axes, storage_options=so_in))
+    check_contract(source, model, opts.input_range)
+    if opts.as_label:
+        if not source.is_ome:
+            raise UNetError(f"--as-label: expected an OME-Zarr image as INPUT, found {redact(in_url)} "
+                            "(a plain array or TIFF has no labels/ group)")
+        out_url = "/".join(p for p in (in_url.rstrip("/"), source.ome_path, "labels", opts.as_label) if p)
+        so_out = so_in
+    if not opts.as_label and is_inside(out_url, in_url):
+        raise UNetError(f"OUTPUT {redact(out_url)}: expected a location outside INPUT {redact(in_url)}, "
+                        "found it inside (use --as-label NAME to write labels into an OME-Zarr image)")
+    check_block_size(opts.block_size, opts.chunk, opts.shard)
+    out = OutputSpec(out_url, source.shape, opts.chunk, opts.shard, model.config.num_classes,
+                     opts.probabilities, storage_options=so_out)
+    objects = (objects_spec(out, object_classes(opts.object_classes, class_names), opts.min_area,
+                            affine_transform(source.georef) is not None) if opts.objects else None)
+    fingerprint = {"checkpoint_sha256": checkpoint_sha, "input": redact(in_url), "level": opts.level or 0,
+                   "axes": opts.axes, "shape": list(source.shape), "chunk": opts.chunk, "shard": opts.shard,
+                   "block": opts.block_size, "probabilities": opts.probabilities,
+                   "input_range": list(opts.input_range) if opts.input_range else None,
+                   "objects": objects.fingerprint if objects else None,
+                   "roi": redact(opts.roi) if opts.roi else None}
+    roi = load_roi(opts.roi, resolve_storage_options(opts.roi, opts.storage_options), source.shape) \
+        if opts.roi else None
+    existing = read_unet_attrs(out)
+    if existing is not None and not opts.overwrite:
+        _check_resumable(out_url, existing, fingerprint)
+    existing = None if opts.overwrite else existing
+    return PreparedJob(JobSpec(source.spec, out, opts.input_range, objects), source,
+                       level_plan(out, 0, opts.block_size), fingerprint, existing,
+                       label_name=opts.as_label, roi=roi, object_counts=(existing or {}).get("objects"))
+
+
+def check_contract(source: Source, model: UNet, input_range: tuple[float, float] | None) -> None:
+    """The input must have the channels, and the dtype, that the model was trained on."""
+    contract, name = model.config.input, redact(source.spec.url)
+    if source.channels != contract.channels:
+        raise UNetError(f"input {name}: expected {contract.channels} channel(s) as the checkpoint was trained "
+                        f"on, found {source.channels} (shape {source.shape}, check --axes)")
+    trained = np.dtype(contract.dtype)
+    if input_range is None and np.issubdtype(trained, np.integer) and source.dtype != trained:
+        raise UNetError(f"input {name}: expected dtype {trained} as the checkpoint was trained on, found "
+                        f"{source.dtype}; pass --input-range LO,HI to rescale it")
+    if input_range is not None and contract.value_range is None:
+        raise UNetError("--input-range: the checkpoint records no trained value range to rescale onto")
+
+
+def _check_resumable(url: str, existing: dict, fingerprint: dict) -> None:
+    if not existing:
+        raise UNetError(f"OUTPUT {redact(url)}: expected a new location or an output of this job, found "
+                        "something else there; pass --overwrite to replace it")
+    before = existing.get("fingerprint", {})
+    differs = sorted(k for k in fingerprint if before.get(k) != fingerprint[k])
+    if differs:
+        raise UNetError(f"OUTPUT {redact(url)}: expected an output of the same checkpoint and options to "
+                        f"resume, found one that differs in {', '.join(differs)}; pass --overwrite to replace it")
+
+
+def object_classes(text: str | None, class_names: Sequence[str]) -> tuple[int, ...]:
+    """--object-classes as class indices: numbers or the checkpoint's class names; default every class
+    but 0 (background)."""
+    if text is None:
+        return tuple(range(1, len(class_names)))
+    classes = []
+    for word in (w.strip() for w in text.split(",")):
+        index = int(word) if word.isdigit() else class_names.index(word) if word in class_names else -1
+        if not 0 <= index < len(class_names):
+            raise UNetError(f"--object-classes {text}: expected classes 0..{len(class_names) - 1} or names "
+                            f"({', '.join(class_names)}) of the checkpoint, found {word!r}")
+        classes.append(index)
+    return tuple(sorted(set(classes)))
+
+
+def objects_spec(output: OutputSpec, classes: tuple[int, ...], min_area: int, georeferenced: bool) -> ObjectsSpec:
+    """What the actors need for --objects: the instance image at OUTPUT/instances, and the classes."""
+    instances = replace(output, url=posixpath.join(output.url.rstrip("/"), INSTANCES), probabilities=False,
+                        ids=True)
+    return ObjectsSpec(instances, classes, min_area, georeferenced)
+
+
+def provenance(opts: SegmentOptions, model: UNet, checkpoint_sha: str, started: str) -> dict[str, Any]:
+    """What produced the output, without secrets: storage options are never recorded."""
+    import ray
+    import torch
+    import zarr
+
+    from unet import __version__
+
+    options = {k: v for k, v in vars(opts).items() if k not in ("storage_options", "pairs", "checkpoint")}
+    return {"started_at": started, "checkpoint": redact(opts.checkpoint), "checkpoint_sha256": checkpoint_sha,
+            "model": model.config.to_dict(), "options": json.loads(json.dumps(options, default=str)),
+            "versions": {"unet": __version__, "torch": torch.__version__, "zarr": zarr.__version__,
+                         "ray": ray.__version__, "numpy": np.__version__, "python": sys.version.split()[0]}}
