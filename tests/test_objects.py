@@ -15,7 +15,8 @@ import shapely
 import torch
 import zarr
 from affine import Affine
-from helpers import assert_same_objects, by_first_pixel, reference_table, segment, whole_image_reference, write_ome_image
+from helpers import (assert_same_objects, by_first_pixel, reference_table, segment, whole_image_reference,
+                     write_ome_image)
 
 from unet import UNet, predict_image, save_checkpoint
 
@@ -25,7 +26,7 @@ UTM = Affine(10.0, 0.0, 500000.0, 0.0, -10.0, 4000000.0)
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
+def three_class_checkpoint(tmp_path_factory):
     """A small random U-Net with three classes: enough objects of two classes, touching each other."""
     torch.manual_seed(7)  # on the mosaic below: ~1400 debris and ~60 cell objects, some of thousands of pixels
     model = UNet(depth=3, base_channels=4, num_classes=3).eval()
@@ -35,7 +36,7 @@ def checkpoint(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def mosaic(tmp_path_factory, checkpoint):
+def objects_mosaic(tmp_path_factory, three_class_checkpoint):
     """An odd-sized random image, its whole-image probabilities, and its georeferenced twin."""
     image = np.random.default_rng(8).random((173, 251), dtype=np.float32)
     root = tmp_path_factory.mktemp("in")
@@ -45,7 +46,7 @@ def mosaic(tmp_path_factory, checkpoint):
     with rasterio.open(root / "geo.tif", "w", driver="GTiff", width=image.shape[1], height=image.shape[0],
                        count=1, dtype="float32", crs="EPSG:32633", transform=UTM) as tif:
         tif.write(image[None])
-    return image, predict_image(checkpoint[0], image), root
+    return image, predict_image(three_class_checkpoint[0], image), root
 
 
 def expected_instances(probs: np.ndarray, object_classes=(1, 2), min_area: int = 0) -> np.ndarray:
@@ -53,9 +54,10 @@ def expected_instances(probs: np.ndarray, object_classes=(1, 2), min_area: int =
 
 
 @pytest.mark.parametrize("chunk, block", [(32, 32), (32, 96), (64, 128)])
-def test_instances_and_table_equal_whole_image_labelling(checkpoint, mosaic, tmp_path, capsys, chunk, block):
-    _, ckpt = checkpoint
-    image, probs, root = mosaic
+def test_instances_and_table_equal_whole_image_labelling(three_class_checkpoint, objects_mosaic, tmp_path, capsys,
+                                                         chunk, block):
+    _, ckpt = three_class_checkpoint
+    image, probs, root = objects_mosaic
     out = tmp_path / "out.zarr"
     assert segment(root / "mosaic.zarr", out, "--checkpoint", ckpt, "--chunk", chunk, "--block", block,
                    "--tile", 92, "--objects", "--report", tmp_path / "r.json") == 0
@@ -81,9 +83,9 @@ def test_instances_and_table_equal_whole_image_labelling(checkpoint, mosaic, tmp
     assert zarr.open_group(str(out)).attrs["unet"]["status"] == "complete"
 
 
-def test_pyramid_and_metadata_of_instances(checkpoint, mosaic, tmp_path, capsys):
-    _, ckpt = checkpoint
-    _, probs, root = mosaic
+def test_pyramid_and_metadata_of_instances(three_class_checkpoint, objects_mosaic, tmp_path, capsys):
+    _, ckpt = three_class_checkpoint
+    _, probs, root = objects_mosaic
     out, args = tmp_path / "out.zarr", ("--checkpoint", ckpt, "--chunk", 32, "--block", 32, "--objects")
     assert segment(root / "mosaic.zarr", out, *args) == 0
     counts = capsys.readouterr().err.split("objects: ")[1]
@@ -99,9 +101,9 @@ def test_pyramid_and_metadata_of_instances(checkpoint, mosaic, tmp_path, capsys)
     assert not (out / "objects.geojson").exists()
 
 
-def test_object_classes_by_name_and_min_area(checkpoint, mosaic, tmp_path):
-    _, ckpt = checkpoint
-    _, probs, root = mosaic
+def test_object_classes_by_name_and_min_area(three_class_checkpoint, objects_mosaic, tmp_path):
+    _, ckpt = three_class_checkpoint
+    _, probs, root = objects_mosaic
     out = tmp_path / "out.zarr"
     assert segment(root / "mosaic.zarr", out, "--checkpoint", ckpt, "--chunk", 32, "--block", 64, "--objects",
                    "--object-classes", "debris", "--min-area", 3) == 0
@@ -112,9 +114,9 @@ def test_object_classes_by_name_and_min_area(checkpoint, mosaic, tmp_path):
 
 
 @pytest.mark.parametrize("name", ["geo.zarr", "geo.tif"])
-def test_georeferenced_input_gets_outlines_in_its_crs(checkpoint, mosaic, tmp_path, name):
-    _, ckpt = checkpoint
-    _, probs, root = mosaic
+def test_georeferenced_input_gets_outlines_in_its_crs(three_class_checkpoint, objects_mosaic, tmp_path, name):
+    _, ckpt = three_class_checkpoint
+    _, probs, root = objects_mosaic
     out = tmp_path / "out.zarr"
     assert segment(root / name, out, "--checkpoint", ckpt, "--chunk", 32, "--block", 32, "--objects") == 0
     collection = json.loads((out / "objects.geojson").read_text())
@@ -130,11 +132,11 @@ def test_georeferenced_input_gets_outlines_in_its_crs(checkpoint, mosaic, tmp_pa
     np.testing.assert_allclose(table["crs_x"], 500000 + 10 * (np.array(table["centroid_x"]) + 0.5))
 
 
-def test_resume_after_an_interrupted_objects_pass(checkpoint, mosaic, tmp_path):
+def test_resume_after_an_interrupted_objects_pass(three_class_checkpoint, objects_mosaic, tmp_path):
     """A driver killed during the relabelling: some instance blocks unmarked and garbage, no table. The
     re-run segments nothing, relabels only those blocks from the stored summaries, and finishes."""
-    _, ckpt = checkpoint
-    _, probs, root = mosaic
+    _, ckpt = three_class_checkpoint
+    _, probs, root = objects_mosaic
     out, args = tmp_path / "out.zarr", ("--checkpoint", ckpt, "--chunk", 32, "--block", 64, "--objects")
     assert segment(root / "mosaic.zarr", out, *args) == 0
     before = zarr.open_array(str(out / "instances" / "0"))[:]
@@ -152,10 +154,10 @@ def test_resume_after_an_interrupted_objects_pass(checkpoint, mosaic, tmp_path):
     assert (out / "objects.parquet").exists()
 
 
-def test_resume_after_the_segmentation_pass_only(checkpoint, mosaic, tmp_path):
+def test_resume_after_the_segmentation_pass_only(three_class_checkpoint, objects_mosaic, tmp_path):
     """Killed before the merge: no id levels, no instance markers; the summaries are all there is."""
-    _, ckpt = checkpoint
-    _, probs, root = mosaic
+    _, ckpt = three_class_checkpoint
+    _, probs, root = objects_mosaic
     out, args = tmp_path / "out.zarr", ("--checkpoint", ckpt, "--chunk", 32, "--block", 96, "--objects")
     assert segment(root / "mosaic.zarr", out, *args) == 0
     group = zarr.open_group(str(out), mode="r+")
@@ -177,9 +179,9 @@ BAD = [(["--objects", "--object-classes", "3"], "--object-classes 3: expected cl
 
 
 @pytest.mark.parametrize("extra, words", BAD, ids=[" ".join(b[0]) for b in BAD])
-def test_bad_object_options(checkpoint, mosaic, tmp_path, capsys, extra, words):
-    _, ckpt = checkpoint
-    _, _, root = mosaic
+def test_bad_object_options(three_class_checkpoint, objects_mosaic, tmp_path, capsys, extra, words):
+    _, ckpt = three_class_checkpoint
+    _, _, root = objects_mosaic
     out = tmp_path / "out.zarr"
     assert segment(root / "mosaic.zarr", out, "--checkpoint", ckpt, *extra) == 2
     err = capsys.readouterr().err.strip()
@@ -187,9 +189,9 @@ def test_bad_object_options(checkpoint, mosaic, tmp_path, capsys, extra, words):
     assert not out.exists()
 
 
-def test_objects_on_an_output_written_without_them_is_refused(checkpoint, mosaic, tmp_path, capsys):
-    _, ckpt = checkpoint
-    _, probs, root = mosaic
+def test_objects_on_an_output_written_without_them_is_refused(three_class_checkpoint, objects_mosaic, tmp_path, capsys):
+    _, ckpt = three_class_checkpoint
+    _, probs, root = objects_mosaic
     out, args = tmp_path / "out.zarr", ("--checkpoint", ckpt, "--chunk", 64, "--block", 128)
     assert segment(root / "mosaic.zarr", out, *args) == 0
     before = (out / "zarr.json").read_bytes()
@@ -203,10 +205,10 @@ def test_objects_on_an_output_written_without_them_is_refused(checkpoint, mosaic
                                   expected_instances(probs))
 
 
-def test_s3_output(checkpoint, mosaic, s3_server, s3_bucket):
+def test_s3_output(three_class_checkpoint, objects_mosaic, s3_server, s3_bucket):
     """Summaries, outlines and the table go through the object store like the rest of the output."""
-    _, ckpt = checkpoint
-    _, probs, root = mosaic
+    _, ckpt = three_class_checkpoint
+    _, probs, root = objects_mosaic
     out = f"{s3_bucket}/out.zarr"
     assert segment(root / "geo.zarr", out, "--checkpoint", ckpt, "--chunk", 64, "--block", 64, "--objects",
                    "--storage-option", f"client_kwargs.endpoint_url={s3_server.endpoint_url}") == 0
@@ -218,9 +220,9 @@ def test_s3_output(checkpoint, mosaic, s3_server, s3_bucket):
     assert len(json.loads(fs.cat_file(f"{out}/objects.geojson"))["features"]) == group["instances/0"][:].max()
 
 
-def test_as_label_with_physical_units(checkpoint, tmp_path):
+def test_as_label_with_physical_units(three_class_checkpoint, tmp_path):
     """Into an OME-Zarr image's labels: the table's physical columns follow the image's pixel size."""
-    model, ckpt = checkpoint
+    model, ckpt = three_class_checkpoint
     image = np.random.default_rng(4).random((90, 110), dtype=np.float32)
     ome = tmp_path / "image.zarr"
     write_ome_image(ome, image)

@@ -195,7 +195,8 @@ def test_input_and_output_in_any_store(checkpoint, mosaic, store, tmp_path, caps
     model, ckpt = checkpoint
     image, _ = mosaic
     zarr.create_array(store.zarr_store("in.zarr"), data=image, chunks=(100, 100))
-    secret = ["--storage-option", "key=testing", "--storage-option", "secret=s3cr3t-value-0"] if store.kind == "s3" else []
+    secret = ["--storage-option", "key=testing", "--storage-option", "secret=s3cr3t-value-0"]
+    secret = secret if store.kind == "s3" else []
     # moto accepts any secret; the unusual one lets the test grep every output for it
     assert segment(store.url("in.zarr"), store.url("out.zarr"), "--checkpoint", ckpt, "--chunk", 64, "--block", 128,
                    *secret, *store.cli_options, "--report", tmp_path / "r.json") == 0

@@ -47,26 +47,26 @@ class BlockRunner:
         self._sources: dict[SourceSpec, Source] = {}
         self._writers: dict[OutputSpec, OutputWriter] = {}
 
-    def segment(self, job: JobSpec, block: Block) -> BlockStats:
+    def segment(self, spec: JobSpec, block: Block) -> BlockStats:
         """Predict a level-0 block, write its classes (and probabilities), its share of the coarser
         levels, then its done-marker. A block whose input is all fill value is not run through the network
         (``unet.job.skip``)."""
         t0 = time.perf_counter()
         self.predictor.take_time_spent()  # forget what a failed call of this thread may have left
-        source, writer = self._open(job)
-        need_probs = writer.probabilities is not None or job.objects is not None  # objects: mean probability
-        labels, probs, skipped = self._predict(job, source, block, need_probs)
+        source, writer = self._open(spec)
+        need_probs = writer.probabilities is not None or spec.objects is not None  # objects: mean probability
+        labels, probs, skipped = self._predict(spec, source, block, need_probs)
         t1 = time.perf_counter()
-        levels = self._write_prediction(job, writer, block, labels, probs)
+        levels = self._write_prediction(spec, writer, block, labels, probs)
         network_s, network_cpu_s = self.predictor.take_time_spent()
         return BlockStats(block.key, block.pixels, levels, compute_s=t1 - t0, write_s=time.perf_counter() - t1,
                           network_s=network_s, network_cpu_s=network_cpu_s, skipped=skipped)
 
-    def _predict(self, job: JobSpec, source: Source, block: Block,
+    def _predict(self, spec: JobSpec, source: Source, block: Block,
                  probabilities: bool) -> tuple[np.ndarray, np.ndarray | None, SkipReason | None]:
         """Classes (h, w), probabilities (K, h, w) when they are written, and why the network was not run,
         if it was not. Without probabilities no float copy of the block is made."""
-        wrap = functools.partial(_rescaling_reader, input_range=job.input_range,
+        wrap = functools.partial(_rescaling_reader, input_range=spec.input_range,
                                  trained_range=self.contract.value_range)
         probs = self.empty.prediction(source, block.rows, block.cols, wrap)         # (K, h, w) or None
         if probs is not None:
@@ -77,55 +77,55 @@ class BlockRunner:
         probs = self.predictor.predict_region(*args)                                 # (K, h, w)
         return class_index(probs), probs, None
 
-    def background(self, job: JobSpec, block: Block) -> BlockStats:
+    def background(self, spec: JobSpec, block: Block) -> BlockStats:
         """Write a level-0 block outside the region of interest as background (class 0; probability 1
         for class 0 when probabilities are written), without reading its input."""
         t0 = time.perf_counter()
-        _, writer = self._open(job)
-        one_hot = np.eye(job.output.num_classes, 1, dtype=np.float32)[:, :, None]  # (K, 1, 1)
-        probs = np.broadcast_to(one_hot, (job.output.num_classes, *block.shape))  # (K, h, w)
-        levels = self._write_prediction(job, writer, block, np.zeros(block.shape, np.uint8), probs)
+        _, writer = self._open(spec)
+        one_hot = np.eye(spec.output.num_classes, 1, dtype=np.float32)[:, :, None]  # (K, 1, 1)
+        probs = np.broadcast_to(one_hot, (spec.output.num_classes, *block.shape))  # (K, h, w)
+        levels = self._write_prediction(spec, writer, block, np.zeros(block.shape, np.uint8), probs)
         return BlockStats(block.key, block.pixels, levels, write_s=time.perf_counter() - t0, skipped=SkipReason.ROI)
 
-    def _write_prediction(self, job: JobSpec, writer: OutputWriter, block: Block, labels: np.ndarray,
+    def _write_prediction(self, spec: JobSpec, writer: OutputWriter, block: Block, labels: np.ndarray,
                           probs: np.ndarray | None) -> tuple[int, ...]:
         """Write a level-0 block's probabilities (when the output has them), its objects' summary (with
         --objects), then commit its classes."""
         if writer.probabilities is not None:
             assert probs is not None, "an output with probabilities gets them"
             writer.write_probabilities(block.rows, block.cols, probs)
-        if job.objects is not None:
-            store_block_objects(writer, block, labels, probs, job.objects)
+        if spec.objects is not None:
+            store_block_objects(writer, block, labels, probs, spec.objects)
         return commit_block(writer, block, labels)
 
-    def relabel(self, job: JobSpec, block: Block, lut: np.ndarray) -> BlockStats:
-        """Second pass of --objects: write a block of the instance image (``job.output``) with global ids,
+    def relabel(self, spec: JobSpec, block: Block, lut: np.ndarray) -> BlockStats:
+        """Second pass of --objects: write a block of the instance image (``spec.output``) with global ids,
         ``lut[local id]``, its share of the coarser levels and its own done-marker."""
         t0 = time.perf_counter()
-        _, writer = self._open(job)
-        assert job.objects is not None
-        levels = commit_block(writer, block, relabel_block(writer, block, lut, job.objects))
+        _, writer = self._open(spec)
+        assert spec.objects is not None
+        levels = commit_block(writer, block, relabel_block(writer, block, lut, spec.objects))
         return BlockStats(block.key, block.pixels, levels, write_s=time.perf_counter() - t0)
 
-    def downsample(self, job: JobSpec, block: Block) -> BlockStats:
+    def downsample(self, spec: JobSpec, block: Block) -> BlockStats:
         """Build a block of pyramid level ``block.level`` from the level above it."""
         t0 = time.perf_counter()
-        _, writer = self._open(job)
-        above = job.output.level_shapes[block.level - 1]
+        _, writer = self._open(spec)
+        above = spec.output.level_shapes[block.level - 1]
         rows = (2 * block.rows[0], min(2 * block.rows[1], above[0]))
         cols = (2 * block.cols[0], min(2 * block.cols[1], above[1]))
         labels = halving(writer.spec)(writer.read(block.level - 1, rows, cols))     # (h, w)
         levels = commit_block(writer, block, labels)
         return BlockStats(block.key, block.pixels, levels, write_s=time.perf_counter() - t0)
 
-    def _open(self, job: JobSpec) -> tuple[Source, OutputWriter]:
+    def _open(self, spec: JobSpec) -> tuple[Source, OutputWriter]:
         """Open the job's source and output once per worker (two calls may race to do it)."""
         with self._lock:
-            if job.source not in self._sources:
-                self._sources[job.source] = open_source(job.source)
-            if job.output not in self._writers:
-                self._writers[job.output] = OutputWriter(job.output)
-            return self._sources[job.source], self._writers[job.output]
+            if spec.source not in self._sources:
+                self._sources[spec.source] = open_source(spec.source)
+            if spec.output not in self._writers:
+                self._writers[spec.output] = OutputWriter(spec.output)
+            return self._sources[spec.source], self._writers[spec.output]
 
 
 class LevelWriter(Protocol):

@@ -4,8 +4,8 @@ mode, instance images (object ids) by decimation.
 A worker that has just written a block of level ``k`` also writes its halved copies into the coarser
 levels that every block of its plan owns outright: a halved block must start on a pixel pair and cover
 whole writing units (chunks or shards) of the coarser level, or two workers would share a chunk. The number
-of such levels is the same for every block of a plan — an edge block that could go deeper would write pixels that a later
-round writes again. Levels no block owns are built afterwards, in rounds of blocks over the level above.
+of such levels is the same for every block of a plan — an edge block that could go deeper would write pixels
+that a later round writes again. Levels no block owns are built afterwards, in rounds of blocks over the level above.
 """
 
 from __future__ import annotations
