@@ -8,13 +8,14 @@ import json
 import math
 import re
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from unet import InputContract, UNet, UNetConfig
+from unet import InputContract, UNet, UNetConfig, UNetError, predict_image
 
 KINDS = [(p, u) for p in ("valid", "same") for u in ("transpose", "upsample_conv")]
 
@@ -264,3 +265,11 @@ def test_margin_before_is_where_the_output_is_centred(depth, upsampling):
     assert centre == pytest.approx((before + after) / 2, abs=0.02)
     assert max(abs(o - centre) for o in offsets) < 0.25
     assert before == math.floor(centre + 0.02) and after - before in (0, 1)
+
+
+def test_bad_network_and_bad_tile_raise_the_same_error_root():
+    """One root for every user-facing validation error: the network's config and the tile loop alike."""
+    with pytest.raises(UNetError, match="depth between 2 and 8, found 9"):
+        UNet(depth=9)
+    with pytest.raises(UNetError, match="tile: 7 px is not a valid input size"):
+        predict_image(UNet(depth=2, base_channels=1), np.zeros((20, 20), np.float32), tile=7)
