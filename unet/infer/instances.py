@@ -1,0 +1,116 @@
+"""Objects from a contour model's class image: interiors are seeds, grown back over boundary pixels.
+
+A model trained with ``--instances`` predicts background, object interior and object boundary (the approach
+of the strongest U-Net entries of the 2018 Data Science Bowl): touching objects are kept apart by the
+boundary pixels between them. Each 8-connected component of interior pixels is one object's seed; objects
+grow from their seeds over boundary pixels only, in 8-neighbour steps, by at most ``grow`` steps. A
+boundary pixel joins the object of its nearest seed pixel (geodesic distance through boundary pixels);
+among equally near seed pixels the one first in raster order wins. Ids are 1..N in raster order of each
+object's first interior pixel.
+
+Every rule is local to ``grow`` pixels and uses only positions (never an id that depends on the order of
+work), so a block with a halo of ``grow`` pixels and globally consistent seed ids computes exactly the
+whole image's objects (``grow_seeds``): that is how the segmentation job applies it block by block.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from unet.errors import CheckpointError
+
+EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
+METHOD = "contour"
+
+
+@dataclass(frozen=True)
+class InstanceMethod:
+    """Which classes are object interiors and boundaries, and how far (pixels) objects grow over boundaries."""
+
+    interior: int = 1
+    boundary: int = 2
+    grow: int = 3
+
+    @classmethod
+    def from_metadata(cls, metadata: Mapping[str, Any]) -> InstanceMethod | None:
+        """The method a checkpoint's metadata records under "instance_method"; None when it records none
+        (a 2-class checkpoint: objects are connected components)."""
+        if "instance_method" not in metadata:
+            return None
+        found = metadata["instance_method"]
+        if not isinstance(found, Mapping) or found.get("method") != METHOD or set(found) != {
+                "method", "interior", "boundary", "grow"}:
+            raise CheckpointError(f"checkpoint metadata instance_method: expected {{'method': '{METHOD}', "
+                                  f"'interior': int, 'boundary': int, 'grow': int}}, found {found!r}")
+        values = [found[k] for k in ("interior", "boundary", "grow")]
+        if not all(type(v) is int and v >= 0 for v in values) or values[0] == values[1]:
+            raise CheckpointError(f"checkpoint metadata instance_method: expected distinct interior and "
+                                  f"boundary classes and grow >= 0 (ints), found {found!r}")
+        return cls(*values)
+
+    def to_metadata(self) -> dict[str, Any]:
+        """The value to store under "instance_method" in a checkpoint's metadata."""
+        return {"method": METHOD, "interior": self.interior, "boundary": self.boundary, "grow": self.grow}
+
+
+def instances_from_classes(classes: np.ndarray, method: InstanceMethod, min_area: int = 0) -> np.ndarray:
+    """The (h, w) object ids of a whole class image (uint32; uint64 past 2^32 - 1 objects), 0 background.
+    Objects whose grown area is below ``min_area`` pixels are dropped and the rest renumbered."""
+    seeds, count = ndimage.label(classes == method.interior, structure=EIGHT_CONNECTED)   # (h, w)
+    ids = _by_first_pixel(seeds, count)[seeds]                                            # (h, w)
+    grown = grow_seeds(ids, classes == method.boundary, method.grow)                      # (h, w)
+    if min_area:
+        area = np.bincount(grown.ravel(), minlength=count + 1)
+        kept = np.flatnonzero(area[1:] >= min_area) + 1
+        lut = np.zeros(count + 1, dtype=np.int64)
+        lut[kept] = np.arange(1, len(kept) + 1)
+        grown, count = lut[grown], len(kept)
+    return grown.astype(np.uint32 if count < 2**32 else np.uint64)
+
+
+def grow_seeds(seeds: np.ndarray, boundary: np.ndarray, steps: int) -> np.ndarray:
+    """Grow seed ids (h, w, 0 = none) over the ``boundary`` mask (h, w) by at most ``steps`` 8-neighbour
+    steps; each boundary pixel takes the id of its nearest seed pixel, ties to the first in raster order.
+
+    Breadth-first waves: an unreached boundary pixel next to a reached one is at distance d, and every
+    reached neighbour of it is at d - 1 (a nearer one would have reached it earlier). Its seed pixels at
+    distance d are the union of those neighbours', so the smallest raster index among them is the
+    neighbours' minimum. A pixel's result depends only on the (2 * steps + 1)^2 square around it, and raster
+    order inside a window agrees with the mosaic's: a window with a halo of ``steps`` is exact inside."""
+    h, w = seeds.shape
+    none = seeds.size                                                                     # beyond any index
+    index = np.int32 if (h + 2) * (w + 2) < 2**31 else np.int64
+    seed = seeds > 0
+    source = np.full((h + 2, w + 2), none, dtype=index)   # (h + 2, w + 2): nearest seed pixel, framed by none
+    source[1:-1, 1:-1][seed] = np.flatnonzero(seed)
+    grown = np.pad(seeds, 1)                                                              # (h + 2, w + 2)
+    flat, ids = source.ravel(), seeds.ravel()
+    todo = np.flatnonzero(np.pad(boundary & ~seed, 1)).astype(index)                  # framed indices
+    neighbours = [dy * (w + 2) + dx for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx]
+    for _ in range(steps):
+        near = flat[todo + neighbours[0]]                                                 # (n,)
+        for offset in neighbours[1:]:
+            np.minimum(near, flat[todo + offset], out=near)
+        hit = near < none
+        if not hit.any():
+            break
+        flat[todo[hit]] = near[hit]
+        grown.ravel()[todo[hit]] = ids[near[hit]]
+        todo = todo[~hit]
+    return grown[1:-1, 1:-1]
+
+
+def _by_first_pixel(labels: np.ndarray, count: int) -> np.ndarray:
+    """(count + 1,) new id of each label so that ids follow the raster order of the labels' first pixels."""
+    first = np.full(count + 1, labels.size, dtype=np.int64)
+    flat = labels.ravel()
+    np.minimum.at(first, flat, np.arange(flat.size))
+    order = np.argsort(first[1:], kind="stable") + 1
+    lut = np.zeros(count + 1, dtype=np.int64)
+    lut[order] = np.arange(1, count + 1)
+    return lut
