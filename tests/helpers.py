@@ -16,6 +16,7 @@ from scipy import ndimage
 
 from unet import SegmentOptions, UNet, predict_image, segment as segment_job
 from unet.api import main
+from unet.infer.instances import InstanceMethod, grow_seeds
 from unet.cli import run
 from unet.job.report import Report
 
@@ -36,6 +37,14 @@ def segment(*argv: Any) -> int:
 
 def reference_labels(model: UNet, image: np.ndarray) -> np.ndarray:
     return predict_image(model, image).argmax(axis=0)
+
+
+def growth_across_seams(classes: np.ndarray, block: int, method: InstanceMethod) -> int:
+    """Pixels whose nearest seed pixel lies in another block: grow the seed pixels' block numbers."""
+    rows, cols = np.indices(classes.shape) // block
+    seed_block = np.where(classes == method.interior, rows * 10**6 + cols + 1, 0)
+    nearest = grow_seeds(seed_block, classes == method.boundary, method.grow)
+    return int(((nearest > 0) & (nearest != rows * 10**6 + cols + 1)).sum())
 
 
 def ray_worker_pids(name: str, ancestor: int | None = None) -> list[int]:

@@ -14,7 +14,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "unet"
 
 DRIVER_SIDE = {"unet.job.driver", "unet.job.rounds", "unet.job.progress", "unet.job.scheduler",
                "unet.job.objects.driver", "unet.job.objects.merge", "unet.job.objects.tables"}
-ACTOR_SIDE = {"unet.job.actor", "unet.job.skip", "unet.job.objects.actor", "unet.job.objects.label"}
+ACTOR_SIDE = {"unet.job.actor", "unet.job.skip", "unet.job.objects.actor", "unet.job.objects.label",
+              "unet.job.objects.grow"}
 
 
 def module_name(path: Path) -> str:

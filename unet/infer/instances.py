@@ -75,7 +75,15 @@ def instances_from_classes(classes: np.ndarray, method: InstanceMethod, min_area
 
 def grow_seeds(seeds: np.ndarray, boundary: np.ndarray, steps: int) -> np.ndarray:
     """Grow seed ids (h, w, 0 = none) over the ``boundary`` mask (h, w) by at most ``steps`` 8-neighbour
-    steps; each boundary pixel takes the id of its nearest seed pixel, ties to the first in raster order.
+    steps; each boundary pixel takes the id of its nearest seed pixel, ties to the first in raster order."""
+    reached, ids = grown_pixels(seeds, boundary, steps)
+    grown = seeds.copy()                                                                  # (h, w)
+    grown.ravel()[reached] = ids
+    return grown
+
+
+def grown_pixels(seeds: np.ndarray, boundary: np.ndarray, steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """The boundary pixels that ``grow_seeds`` gives an id: their raster indices in (h, w) and their ids.
 
     Breadth-first waves: an unreached boundary pixel next to a reached one is at distance d, and every
     reached neighbour of it is at d - 1 (a nearer one would have reached it earlier). Its seed pixels at
@@ -88,10 +96,10 @@ def grow_seeds(seeds: np.ndarray, boundary: np.ndarray, steps: int) -> np.ndarra
     seed = seeds > 0
     source = np.full((h + 2, w + 2), none, dtype=index)   # (h + 2, w + 2): nearest seed pixel, framed by none
     source[1:-1, 1:-1][seed] = np.flatnonzero(seed)
-    grown = np.pad(seeds, 1)                                                              # (h + 2, w + 2)
-    flat, ids = source.ravel(), seeds.ravel()
+    flat = source.ravel()
     todo = np.flatnonzero(np.pad(boundary & ~seed, 1)).astype(index)                  # framed indices
     neighbours = [dy * (w + 2) + dx for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx]
+    reached, nearest = [todo[:0]], [todo[:0]]
     for _ in range(steps):
         near = flat[todo + neighbours[0]]                                                 # (n,)
         for offset in neighbours[1:]:
@@ -100,9 +108,11 @@ def grow_seeds(seeds: np.ndarray, boundary: np.ndarray, steps: int) -> np.ndarra
         if not hit.any():
             break
         flat[todo[hit]] = near[hit]
-        grown.ravel()[todo[hit]] = ids[near[hit]]
+        reached.append(todo[hit])
+        nearest.append(near[hit])
         todo = todo[~hit]
-    return grown[1:-1, 1:-1]
+    row, col = np.divmod(np.concatenate(reached), w + 2)
+    return (row - 1) * w + col - 1, seeds.ravel()[np.concatenate(nearest)]
 
 
 def _by_first_pixel(labels: np.ndarray, count: int) -> np.ndarray:

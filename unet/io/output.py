@@ -179,12 +179,12 @@ class OutputWriter:
         _put(self.fs, posixpath.join(self.path, relative_path), data)
 
 
-def done_keys(spec: OutputSpec) -> set[str]:
-    """Keys of finished blocks, from one listing of the marker prefix."""
+def done_keys(spec: OutputSpec, markers: str = MARKERS) -> set[str]:
+    """Keys of finished blocks, from one listing of the marker prefix (another pass's: ``markers``)."""
     fs, path = filesystem(spec.url, spec.storage_options)
     fs.invalidate_cache()
     try:
-        return {posixpath.basename(p) for p in fs.ls(posixpath.join(path, MARKERS), detail=False)}
+        return {posixpath.basename(p) for p in fs.ls(posixpath.join(path, markers), detail=False)}
     except FileNotFoundError:
         return set()
 

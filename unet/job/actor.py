@@ -21,7 +21,7 @@ from unet.infer.predict import TilePredictor, class_index
 from unet.infer.tiling import Reader
 from unet.io.output import OutputSpec, OutputWriter
 from unet.io.source import Source, SourceSpec, open_source
-from unet.job.objects.actor import relabel_block, store_block_objects
+from unet.job.objects.actor import relabel_block, store_block_objects, store_rim
 from unet.job.plan import Block
 from unet.job.pyramid import decimate2x2, halve, mode2x2
 from unet.job.skip import EmptyBlocks
@@ -98,13 +98,22 @@ class BlockRunner:
             store_block_objects(writer, block, labels, probs, spec.objects)
         return commit_block(writer, block, labels)
 
-    def relabel(self, spec: JobSpec, block: Block, lut: np.ndarray) -> BlockStats:
-        """Second pass of --objects: write a block of the instance image (``spec.output``) with global ids,
-        ``lut[local id]``, its share of the coarser levels and its own done-marker."""
+    def rim(self, spec: JobSpec, block: Block, near: list[tuple[Block, np.ndarray]]) -> BlockStats:
+        """Rim pass of a contour model's --objects: regrow the block's rim from its neighbours' bands."""
         t0 = time.perf_counter()
         _, writer = self._open(spec)
         assert spec.objects is not None
-        levels = commit_block(writer, block, relabel_block(writer, block, lut, spec.objects))
+        store_rim(writer, block, near, spec.objects)
+        return BlockStats(block.key, block.pixels, (), compute_s=time.perf_counter() - t0)
+
+    def relabel(self, spec: JobSpec, block: Block, lut: np.ndarray, final: np.ndarray | None = None) -> BlockStats:
+        """Last pass of --objects: write a block of the instance image (``spec.output``) with global ids,
+        ``lut[local id]`` (a contour model's: through ``final`` too), its share of the coarser levels and its
+        own done-marker."""
+        t0 = time.perf_counter()
+        _, writer = self._open(spec)
+        assert spec.objects is not None
+        levels = commit_block(writer, block, relabel_block(writer, block, lut, spec.objects, final))
         return BlockStats(block.key, block.pixels, levels, write_s=time.perf_counter() - t0)
 
     def downsample(self, spec: JobSpec, block: Block) -> BlockStats:

@@ -79,6 +79,14 @@ class BlockPlan:
             yield Block(self.level, (iy, ix), rows[iy], cols[ix], self.coarser_levels)
 
 
+
+def neighbourhood(plan: BlockPlan, block: Block, distance: int) -> list[Block]:
+    """The blocks of ``plan`` within ``distance`` pixels of ``block`` (itself included)."""
+    spans = (block.rows, block.cols)
+    near = [[(i, s) for i, s in enumerate(plan.spans(axis))
+             if s[0] < spans[axis][1] + distance and s[1] > spans[axis][0] - distance] for axis in (0, 1)]
+    return [Block(plan.level, (iy, ix), r, c, plan.coarser_levels) for iy, r in near[0] for ix, c in near[1]]
+
 def check_block_size(block: int, chunk: int, shard: int | None) -> None:
     """A block must be whole writing units: chunks, or shards when sharded."""
     if chunk < 1:

@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from unet.errors import UNetError, redact
+from unet.errors import CheckpointError, UNetError, redact
+from unet.infer.instances import InstanceMethod
 from unet.io.georef import affine_transform
 from unet.io.output import STATUS_COMPLETE, OutputSpec, check_writable, done_keys, read_unet_attrs
 from unet.io.source import Source, SourceSpec, open_source
@@ -36,6 +37,7 @@ class Checkpoint:
     model: UNet
     sha256: str
     class_names: list[str]
+    instance_method: InstanceMethod | None = None  # a contour model's; None: objects are connected components
 
 
 @dataclass
@@ -64,13 +66,29 @@ def read_checkpoint(opts: SegmentOptions) -> Checkpoint:
     data = read_checkpoint_bytes(opts.checkpoint, resolve_storage_options(opts.checkpoint, opts.storage_options))
     model, metadata = load_checkpoint(data, name=redact(opts.checkpoint))
     class_names = list(metadata.get("class_names") or [f"class {k}" for k in range(model.config.num_classes)])
-    return Checkpoint(data, model, hashlib.sha256(data).hexdigest(), class_names)
+    return Checkpoint(data, model, hashlib.sha256(data).hexdigest(), class_names,
+                      instance_method(metadata, model, redact(opts.checkpoint)))
+
+
+def instance_method(metadata: dict[str, Any], model: UNet, name: str) -> InstanceMethod | None:
+    """How the checkpoint's class image becomes objects: its contour method, or None (connected components)."""
+    method = InstanceMethod.from_metadata(metadata)
+    if method is not None and max(method.interior, method.boundary) >= model.config.num_classes:
+        raise CheckpointError(f"checkpoint {name}: expected instance_method classes below its "
+                              f"{model.config.num_classes} classes, found {method.to_metadata()}")
+    return method
 
 
 def prepare_jobs(opts: SegmentOptions, checkpoint: Checkpoint) -> list[PreparedJob]:
-    """Every pair of the run, validated and planned, in order."""
-    return [prepare_job(opts, pair, checkpoint.model, checkpoint.sha256, checkpoint.class_names)
-            for pair in opts.pairs]
+    """Every pair of the run, validated and planned, in order. With --objects, a checkpoint that records no
+    instance method (a model trained before contour objects) is said, once, to label connected components."""
+    jobs = [prepare_job(opts, pair, checkpoint.model, checkpoint.sha256, checkpoint.class_names,
+                        checkpoint.instance_method) for pair in opts.pairs]
+    if opts.objects and checkpoint.instance_method is None:  # once, and only for a run that goes ahead
+        print(f"unet: checkpoint {redact(opts.checkpoint)} records no instance method (a model trained before "
+              "contour objects), so --objects labels connected components and touching objects merge",
+              file=sys.stderr)
+    return jobs
 
 
 def resume(job: PreparedJob) -> None:
@@ -81,7 +99,7 @@ def resume(job: PreparedJob) -> None:
 
 
 def prepare_job(opts: SegmentOptions, pair: tuple[str, str], model: UNet, checkpoint_sha: str,
-                class_names: Sequence[str]) -> PreparedJob:
+                class_names: Sequence[str], method: InstanceMethod | None = None) -> PreparedJob:
     """Open and check one INPUT -> OUTPUT pair and plan its blocks; nothing is written."""
     in_url, out_url = pair
     so_in = resolve_storage_options(in_url, opts.storage_options)
@@ -100,8 +118,8 @@ def prepare_job(opts: SegmentOptions, pair: tuple[str, str], model: UNet, checkp
     check_block_size(opts.block_size, opts.chunk, opts.shard)
     out = OutputSpec(out_url, source.shape, opts.chunk, opts.shard, model.config.num_classes,
                      opts.probabilities, storage_options=so_out)
-    objects = (objects_spec(out, object_classes(opts.object_classes, class_names), opts.min_area,
-                            affine_transform(source.georef) is not None) if opts.objects else None)
+    objects = (objects_spec(out, object_classes(opts.object_classes, class_names, method), opts.min_area,
+                            affine_transform(source.georef) is not None, method) if opts.objects else None)
     fingerprint = {"checkpoint_sha256": checkpoint_sha, "input": redact(in_url), "level": opts.level or 0,
                    "axes": opts.axes, "shape": list(source.shape), "chunk": opts.chunk, "shard": opts.shard,
                    "block": opts.block_size, "probabilities": opts.probabilities,
@@ -144,9 +162,15 @@ def _check_resumable(url: str, existing: dict, fingerprint: dict) -> None:
                         f"resume, found one that differs in {', '.join(differs)}; pass --overwrite to replace it")
 
 
-def object_classes(text: str | None, class_names: Sequence[str]) -> tuple[int, ...]:
+def object_classes(text: str | None, class_names: Sequence[str], method: InstanceMethod | None = None) -> tuple[int, ...]:
     """--object-classes as class indices: numbers or the checkpoint's class names; default every class
-    but 0 (background)."""
+    but 0 (background), or a contour model's interior class (its only objects)."""
+    if method is not None:
+        if text is not None and object_classes(text, class_names) != (method.interior,):
+            raise UNetError(f"--object-classes {text}: expected the interior class "
+                            f"{class_names[method.interior]!r} of this contour checkpoint (its only objects), "
+                            f"found other classes; omit --object-classes")
+        return (method.interior,)
     if text is None:
         return tuple(range(1, len(class_names)))
     classes = []
@@ -159,11 +183,13 @@ def object_classes(text: str | None, class_names: Sequence[str]) -> tuple[int, .
     return tuple(sorted(set(classes)))
 
 
-def objects_spec(output: OutputSpec, classes: tuple[int, ...], min_area: int, georeferenced: bool) -> ObjectsSpec:
-    """What the actors need for --objects: the instance image at OUTPUT/instances, and the classes."""
+def objects_spec(output: OutputSpec, classes: tuple[int, ...], min_area: int, georeferenced: bool,
+                 method: InstanceMethod | None = None) -> ObjectsSpec:
+    """What the actors need for --objects: the instance image at OUTPUT/instances, the classes (and a
+    contour model's method)."""
     instances = replace(output, url=posixpath.join(output.url.rstrip("/"), INSTANCES), probabilities=False,
                         ids=True)
-    return ObjectsSpec(instances, classes, min_area, georeferenced)
+    return ObjectsSpec(instances, classes, min_area, georeferenced, method)
 
 
 def provenance(opts: SegmentOptions, model: UNet, checkpoint_sha: str, started: str) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from unet.infer.instances import InstanceMethod
 from unet.io.output import OutputSpec
 from unet.io.source import SourceSpec
 from unet.job.plan import Block
@@ -20,6 +21,7 @@ from unet.job.plan import Block
 # Where --objects keeps its state inside OUTPUT (see unet/job/objects/driver.py for the whole layout)
 INSTANCES = "instances"
 LOCAL, SUMMARIES, SHAPES = "_unet/local", "_unet/objects", "_unet/shapes"
+BANDS, INNER, RIMS, GROWN = "_unet/bands", "_unet/inner", "_unet/rims", "_unet/grown"  # contour models
 
 
 class ActorMethod(StrEnum):
@@ -27,6 +29,7 @@ class ActorMethod(StrEnum):
 
     SEGMENT = "segment"        # predict a level-0 block and write it
     BACKGROUND = "background"  # write a level-0 block outside the region of interest as class 0, unread
+    RIM = "rim"                # --objects, contour model: regrow a block's rim from its neighbours' bands
     RELABEL = "relabel"        # --objects: rewrite a block of the instance image with global ids
     DOWNSAMPLE = "downsample"  # build a block of a pyramid level from the level above
 
@@ -46,10 +49,12 @@ class ObjectsSpec:
     classes: tuple[int, ...]     # the foreground classes whose connected pixels are objects
     min_area: int = 0            # objects of fewer pixels are dropped (after merging across seams)
     polygons: bool = False       # the input is georeferenced: gather outlines for objects.geojson
+    method: InstanceMethod | None = None  # a contour model's: ``classes`` is its interior class, grown
 
     @property
     def fingerprint(self) -> dict[str, Any]:
-        return {"classes": list(self.classes), "min_area": self.min_area}
+        return {"classes": list(self.classes), "min_area": self.min_area,
+                "method": self.method.to_metadata() if self.method else None}
 
 
 @dataclass(frozen=True)
@@ -96,5 +101,6 @@ class BlockActor(Protocol):
 
     def segment(self, spec: JobSpec, block: Block) -> BlockStats: ...
     def background(self, spec: JobSpec, block: Block) -> BlockStats: ...
-    def relabel(self, spec: JobSpec, block: Block, lut: np.ndarray) -> BlockStats: ...
+    def rim(self, spec: JobSpec, block: Block, near: list[tuple[Block, np.ndarray]]) -> BlockStats: ...
+    def relabel(self, spec: JobSpec, block: Block, lut: np.ndarray, final: np.ndarray | None = None) -> BlockStats: ...
     def downsample(self, spec: JobSpec, block: Block) -> BlockStats: ...

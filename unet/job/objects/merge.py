@@ -10,7 +10,7 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from unet.job.objects.summary import STATS, BlockObjects
+from unet.job.objects.summary import STATS, BlockObjects, GrownSums
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ def _totals(component: np.ndarray, stats: dict, min_area: int) -> tuple[dict, np
              "sum_y": total("sum_y")[order], "sum_x": total("sum_x")[order],
              "y0": total("y0", np.minimum)[order], "x0": total("x0", np.minimum)[order],
              "y1": total("y1", np.maximum)[order], "x1": total("x1", np.maximum)[order],
-             "sum_prob": total("sum_prob")[order]}
+             "sum_prob": total("sum_prob")[order], "prob_px": area[order]}
     return table, order
 
 
@@ -121,4 +121,31 @@ def object_columns(merged: MergedObjects, class_names: Sequence[str], scale: tup
             "centroid_y_physical": translation[0] + scale[0] * centroid_y,
             "centroid_x_physical": translation[1] + scale[1] * centroid_x,
             "bbox_y0": t["y0"], "bbox_x0": t["x0"], "bbox_y1": t["y1"], "bbox_x1": t["x1"],
-            "mean_probability": t["sum_prob"] / np.maximum(area, 1)}
+            "mean_probability": t["sum_prob"] / np.maximum(t["prob_px"], 1)}
+
+
+def grown_table(seeds: MergedObjects, sums: Sequence[GrownSums], min_area: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """A contour model's objects: the table of its grown objects (columns as ``MergedObjects.table``) from
+    the pieces' sums by global seed id, objects below ``min_area`` pixels dropped and the rest renumbered in
+    seed order, and the (N + 1,) new id of each seed id (0: dropped). The mean probability stays the
+    seed's: over the interior pixels, where the model said "interior"."""
+    count, pieces = seeds.count, GrownSums.concat(sums)
+    ids = pieces.ids.astype(np.int64)
+    low, high = np.iinfo(np.int64).min, np.iinfo(np.int64).max
+    total = {name: _per_id(ufunc, start, count, ids, getattr(pieces, name)) for name, ufunc, start in
+             (("area", np.add, 0), ("sum_y", np.add, 0), ("sum_x", np.add, 0), ("y0", np.minimum, high),
+              ("x0", np.minimum, high), ("y1", np.maximum, low), ("x1", np.maximum, low))}
+    kept = np.flatnonzero(total["area"] >= max(min_area, 1))                               # seed ids - 1
+    lut = np.zeros(count + 1, dtype=id_dtype(count))
+    lut[kept + 1] = np.arange(1, len(kept) + 1)
+    table = {"id": np.arange(1, len(kept) + 1, dtype=np.int64), "class": seeds.table["class"][kept],
+             **{name: column[kept] for name, column in total.items()},
+             "sum_prob": seeds.table["sum_prob"][kept], "prob_px": seeds.table["area"][kept]}
+    return table, lut
+
+
+def _per_id(ufunc: np.ufunc, start: int, count: int, ids: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """(count,) reduction of ``values`` per id 1..count from ``start``, in int64 (exact)."""
+    out = np.full(count + 1, start, dtype=np.int64)
+    ufunc.at(out, ids, values.astype(np.int64))
+    return out[1:]

@@ -19,7 +19,8 @@ exact; the probability sum is float64 and differs from a whole-image sum only by
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
 
 import numpy as np
 
@@ -72,3 +73,36 @@ class BlockObjects:
         offsets, ids = self.faces[name]
         face[offsets] = ids
         return face
+
+
+@dataclass(frozen=True)
+class GrownSums:
+    """Pixel sums of pieces of a contour model's grown objects, one entry per piece, keyed by seed id (local
+    in the block that found them, global once the driver's lookup table is applied)."""
+
+    ids: np.ndarray      # (n,) seed id of each piece
+    area: np.ndarray     # (n,) int64, and the rest as in BlockObjects
+    sum_y: np.ndarray
+    sum_x: np.ndarray
+    y0: np.ndarray
+    x0: np.ndarray
+    y1: np.ndarray
+    x1: np.ndarray
+
+    @classmethod
+    def concat(cls, parts: Sequence[GrownSums]) -> GrownSums:
+        return cls(*(np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(cls)))
+
+    def with_ids(self, lut: np.ndarray) -> GrownSums:
+        """The same pieces with ids ``lut[id]``."""
+        return GrownSums(lut[self.ids], *(getattr(self, f.name) for f in fields(self)[1:]))
+
+    def to_bytes(self) -> bytes:
+        buffer = io.BytesIO()
+        np.savez(buffer, **{f.name: getattr(self, f.name) for f in fields(self)})
+        return buffer.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> GrownSums:
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            return cls(*(npz[f.name] for f in fields(cls)))
