@@ -35,7 +35,7 @@ def contour_checkpoint(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def mosaic(tmp_path_factory):
+def contour_mosaic(tmp_path_factory):
     image = np.random.default_rng(5).random((157, 211), dtype=np.float32)
     path = tmp_path_factory.mktemp("in") / "mosaic.zarr"
     zarr.create_array(str(path), data=image, chunks=(50, 60))
@@ -44,15 +44,15 @@ def mosaic(tmp_path_factory):
     return path
 
 
-def run(mosaic, out, ckpt, *extra) -> np.ndarray:
-    assert segment(mosaic, out, "--checkpoint", ckpt, "--objects", *extra) == 0
+def run(image, out, ckpt, *extra) -> np.ndarray:
+    assert segment(image, out, "--checkpoint", ckpt, "--objects", *extra) == 0
     return zarr.open_array(str(out / "instances" / "0"))[:]
 
 
 @pytest.mark.parametrize("chunk, block", [(16, 32), (32, 96), (64, 128)])
-def test_instances_equal_the_whole_image_procedure(contour_checkpoint, mosaic, tmp_path, capsys, chunk, block):
+def test_instances_equal_the_whole_image_procedure(contour_checkpoint, contour_mosaic, tmp_path, capsys, chunk, block):
     out = tmp_path / "out.zarr"
-    instances = run(mosaic, out, contour_checkpoint, "--chunk", chunk, "--block", block, "--tile", 92,
+    instances = run(contour_mosaic, out, contour_checkpoint, "--chunk", chunk, "--block", block, "--tile", 92,
                     "--report", tmp_path / "r.json")
     classes = zarr.open_array(str(out / "0"))[:]
     expected = instances_from_classes(classes, METHOD)
@@ -76,11 +76,11 @@ def test_instances_equal_the_whole_image_procedure(contour_checkpoint, mosaic, t
     assert [c["label-value"] for c in labels["colors"]] == [0, 1, 2]
 
 
-def test_min_area_and_resume_after_an_interrupted_rim_pass(contour_checkpoint, mosaic, tmp_path):
+def test_min_area_and_resume_after_an_interrupted_rim_pass(contour_checkpoint, contour_mosaic, tmp_path):
     """Objects below --min-area pixels (grown) are dropped; a driver killed during the rim pass (some rims
     lost, no instance image yet) re-runs only those rims and gives the same objects."""
     out, args = tmp_path / "out.zarr", ("--chunk", 16, "--block", 32, "--min-area", 12)
-    instances = run(mosaic, out, contour_checkpoint, *args)
+    instances = run(contour_mosaic, out, contour_checkpoint, *args)
     classes = zarr.open_array(str(out / "0"))[:]
     np.testing.assert_array_equal(instances, instances_from_classes(classes, METHOD, min_area=12))
     assert 0 < instances.max() < instances_from_classes(classes, METHOD).max()
@@ -90,13 +90,13 @@ def test_min_area_and_resume_after_an_interrupted_rim_pass(contour_checkpoint, m
     zarr.open_array(str(out / "instances" / "0"), mode="r+")[:] = 0
     group = zarr.open_group(str(out), mode="r+")
     group.attrs["unet"] = {**group.attrs["unet"], "status": "running"}
-    np.testing.assert_array_equal(run(mosaic, out, contour_checkpoint, *args), instances)
+    np.testing.assert_array_equal(run(contour_mosaic, out, contour_checkpoint, *args), instances)
 
 
-def test_outlines_of_grown_objects(contour_checkpoint, mosaic, tmp_path):
+def test_outlines_of_grown_objects(contour_checkpoint, contour_mosaic, tmp_path):
     """Georeferenced input: one outline per grown object, rim pixels included, unioned across blocks."""
     out = tmp_path / "out.zarr"
-    instances = run(mosaic.with_name("geo.zarr"), out, contour_checkpoint, "--chunk", 32, "--block", 32)
+    instances = run(contour_mosaic.with_name("geo.zarr"), out, contour_checkpoint, "--chunk", 32, "--block", 32)
     features = json.loads((out / "objects.geojson").read_text())["features"]
     assert [f["id"] for f in features] == list(range(1, instances.max() + 1))
     areas = np.bincount(instances.ravel())[1:]
@@ -105,20 +105,21 @@ def test_outlines_of_grown_objects(contour_checkpoint, mosaic, tmp_path):
         assert outline.is_valid and outline.area == pytest.approx(areas[feature["id"] - 1] * 100.0)
 
 
-def test_object_classes_other_than_the_interior_are_refused(contour_checkpoint, mosaic, tmp_path, capsys):
+def test_object_classes_other_than_the_interior_are_refused(contour_checkpoint, contour_mosaic, tmp_path, capsys):
     out = tmp_path / "out.zarr"
-    assert segment(mosaic, out, "--checkpoint", contour_checkpoint, "--objects", "--object-classes", "boundary") == 2
+    assert segment(contour_mosaic, out, "--checkpoint", contour_checkpoint, "--objects",
+                   "--object-classes", "boundary") == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "expected the interior class 'nucleus'" in err, err
     assert not out.exists()
 
 
-def test_a_two_class_checkpoint_says_once_that_objects_are_connected_components(mosaic, tmp_path, capsys):
+def test_a_two_class_checkpoint_says_once_that_objects_are_connected_components(contour_mosaic, tmp_path, capsys):
     torch.manual_seed(3)
     path = tmp_path / "old.safetensors"
     save_checkpoint(UNet(depth=3, base_channels=4, num_classes=2).eval(), path, class_names=["background", "cell"])
     out = tmp_path / "out.zarr"
-    instances = run(mosaic, out, str(path), "--chunk", 32, "--block", 64)
+    instances = run(contour_mosaic, out, str(path), "--chunk", 32, "--block", 64)
     classes = zarr.open_array(str(out / "0"))[:]
     labelled, count = ndimage.label(classes == 1, structure=np.ones((3, 3)))
     assert instances.max() == count and ((instances > 0) == (labelled > 0)).all()

@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 from scipy import ndimage
 
 from unet.infer.instances import InstanceMethod, instances_from_classes
-from unet.job.objects.grow import band_from_bytes, band_to_bytes, grow_locally, grow_rim, rim_ids_from_bytes, rim_ids_to_bytes
+from unet.job.objects.grow import (band_from_bytes, band_to_bytes, grow_locally, grow_rim, rim_ids_from_bytes,
+                                   rim_ids_to_bytes)
 from unet.job.objects.label import label_block
 from unet.job.objects.merge import grown_table, merge_blocks
 from unet.job.objects.summary import BlockObjects, GrownSums

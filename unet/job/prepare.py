@@ -162,7 +162,8 @@ def _check_resumable(url: str, existing: dict, fingerprint: dict) -> None:
                         f"resume, found one that differs in {', '.join(differs)}; pass --overwrite to replace it")
 
 
-def object_classes(text: str | None, class_names: Sequence[str], method: InstanceMethod | None = None) -> tuple[int, ...]:
+def object_classes(text: str | None, class_names: Sequence[str],
+                   method: InstanceMethod | None = None) -> tuple[int, ...]:
     """--object-classes as class indices: numbers or the checkpoint's class names; default every class
     but 0 (background), or a contour model's interior class (its only objects)."""
     if method is not None:

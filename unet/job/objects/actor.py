@@ -9,7 +9,8 @@ import posixpath
 import numpy as np
 
 from unet.io.output import OutputWriter
-from unet.job.objects.grow import band_from_bytes, band_to_bytes, grow_locally, grow_rim, rim_ids_from_bytes, rim_ids_to_bytes
+from unet.job.objects.grow import (band_from_bytes, band_to_bytes, grow_locally, grow_rim, rim_ids_from_bytes,
+                                   rim_ids_to_bytes)
 from unet.job.objects.label import label_block
 from unet.job.objects.summary import GrownSums
 from unet.job.plan import Block
@@ -39,8 +40,8 @@ def store_rim(writer: OutputWriter, block: Block, near: list[tuple[Block, np.nda
     found = writer.fs.cat([*paths, posixpath.join(writer.path, INNER, block.key)])
     inner = GrownSums.from_bytes(found[posixpath.join(writer.path, INNER, block.key)])
     lut = next(lut for b, lut in near if b.key == block.key)
-    rim = grow_rim(block, spec.instances.shape, [(band_from_bytes(found[p]), b_lut) for p, (_, b_lut) in zip(paths, near)],
-                   inner.with_ids(lut), spec.method)
+    bands = [(band_from_bytes(found[path]), near_lut) for path, (_, near_lut) in zip(paths, near)]
+    rim = grow_rim(block, spec.instances.shape, bands, inner.with_ids(lut), spec.method)
     writer.put(f"{RIMS}/{block.key}", rim_ids_to_bytes(rim))
     writer.put(f"{GROWN}/{block.key}", rim.sums.to_bytes())
 

@@ -124,7 +124,8 @@ def object_columns(merged: MergedObjects, class_names: Sequence[str], scale: tup
             "mean_probability": t["sum_prob"] / np.maximum(t["prob_px"], 1)}
 
 
-def grown_table(seeds: MergedObjects, sums: Sequence[GrownSums], min_area: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+def grown_table(seeds: MergedObjects, sums: Sequence[GrownSums],
+                min_area: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """A contour model's objects: the table of its grown objects (columns as ``MergedObjects.table``) from
     the pieces' sums by global seed id, objects below ``min_area`` pixels dropped and the rest renumbered in
     seed order, and the (N + 1,) new id of each seed id (0: dropped). The mean probability stays the
