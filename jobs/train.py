@@ -14,6 +14,7 @@ from typing import get_args
 
 from unet.cli import add_debug_flag, run
 from unet.errors import UNetError
+from unet.io.pixelsize import USER_UNITS
 from unet.nn.config import Padding, UNetConfig, Upsampling
 from unet.train.augment import AugmentConfig
 from unet.train.loop import TrainConfig, train
@@ -35,6 +36,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                            "with gaps and border weights between touching instances")
     data.add_argument("--classes", type=int, help="number of classes (default: 2, or the class names')")
     data.add_argument("--class-names", help="comma-separated, e.g. background,nucleus")
+    data.add_argument("--pixel-size", type=float, help="pixel size of the training images, recorded in the "
+                      "checkpoint so the job segments the input's nearest pyramid level (default: read from "
+                      "TIFF/OME-TIFF metadata of the images when they have it)")
+    data.add_argument("--pixel-unit", choices=USER_UNITS, default="micrometer", help="unit of --pixel-size")
     model = p.add_argument_group("model")
     # dest "network.FIELD": build_config passes these to UNetConfig as they are; the defaults are its own
     model.add_argument("--depth", dest="network.depth", type=int, default=NETWORK.depth, help="resolution levels")
@@ -94,7 +99,7 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
         steps=args.steps, epochs=args.epochs, optimizer=args.optimizer, lr=args.lr, momentum=args.momentum,
         weight_decay=args.weight_decay, val_every=args.val_every,
         augmentation=AugmentConfig().scaled(args.augment), loss=loss, seed=args.seed, device=args.device,
-        resume=args.resume, progress=not args.quiet)
+        resume=args.resume, progress=not args.quiet, pixel_size=args.pixel_size, pixel_unit=args.pixel_unit)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -43,6 +43,13 @@ BAD_INPUTS = [  # (input, argv with {root} {out} {ckpt} placeholders, words the 
     ("--roi that does not exist", "{root}/gray.zarr {out} --roi {root}/missing-roi.png",
      "not found (expected a 2-D Zarr array or a PNG/TIFF/JPEG mask)"),
     ("--roi that is not a 2-D mask", "{root}/gray.zarr {out} --roi {root}/4d.zarr", "expected a 2-D mask (y, x)"),
+    ("--cog in a folder that does not exist", "{root}/gray.zarr {out} --cog {root}/no/such/labels.tif",
+     "expected a writable folder"),
+    ("--cog not a .tif path", "{root}/gray.zarr {out} --cog {root}/labels.png", "expected a path ending in .tif or .tiff"),
+    ("--cog at a URL that takes no writes", "{root}/gray.zarr {out} --cog http://127.0.0.1:9/labels.tif",
+     "found http:// refusing them"),
+    ("no level within 25 % of the checkpoint's pixel size", "{root}/ome.zarr {out} --ckpt {root}/at-2um.safetensors",
+     "expected a pyramid level within 25% of the checkpoint's pixel size 2 µm"),
 ]
 
 
@@ -83,4 +90,5 @@ BAD_OPTIONS = [  # (options, words the message must contain); the README's bad-i
     (["--augment", "-1"], "augmentation: expected"),
     (["--device", "tpu"], "device: expected cpu, cuda, cuda:N or auto, found 'tpu'"),
     (["--device", "cuda:99"], "device: cuda:99 requested, but torch finds"),
+    (["--pixel-size", "0"], "--pixel-size: expected a pixel size > 0, found 0.0"),
 ]

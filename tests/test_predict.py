@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from unet import InputContract, TilePredictor, UNet, UNetError, predict_image
-from unet.infer.predict import OldestFirst
+from unet.infer.predict import FlipPredictor, OldestFirst
+from unet.infer.tta import flips_for
 
 TOL = 1e-5
 
@@ -306,3 +307,73 @@ def test_device_goes_to_the_oldest_waiting_region_first():
     for t in threads:
         t.join(timeout=10)
     assert order == [older, newer]
+
+
+# -- test-time flips ------------------------------------------------------------------------------
+# the independent computation: each flipped image in one whole-image pass, flipped back, summed in order
+_FLIPS4 = [lambda a: a, lambda a: a[:, :, ::-1], lambda a: a[:, ::-1, :], lambda a: a[:, ::-1, ::-1]]
+_FLIPS8 = _FLIPS4 + [lambda a, f=f: f(a.transpose(0, 2, 1)) for f in _FLIPS4]
+_UNFLIPS8 = _FLIPS4 + [lambda a, f=f: f(a).transpose(0, 2, 1) for f in _FLIPS4]
+
+
+def whole_image_flipped(model: UNet, image: np.ndarray, n: int) -> np.ndarray:
+    """Mean over n flips of one whole-image pass of each flipped image, flipped back: (K, h, w)."""
+    flips, unflips = _FLIPS8[:n], _UNFLIPS8[:n]
+    total = sum(unflip(whole_image(model, np.ascontiguousarray(flip(image)))) for flip, unflip in zip(flips, unflips))
+    return total / n
+
+
+TTA_CASES = [((1, 61, 83), 4, 4, 1), ((2, 37, 70), 3, 8, 3), ((1, 45, 29), 4, 8, 3), ((1, 5, 7), 3, 4, 0)]
+
+
+@pytest.mark.parametrize("shape,depth,flips,tile_index", TTA_CASES,
+                         ids=["x".join(map(str, c[0])) + f"-d{c[1]}-{c[2]}" for c in TTA_CASES])
+def test_flipped_prediction_equals_the_mean_of_whole_flipped_images(shape, depth, flips, tile_index):
+    """Odd sizes off the pooling grid: each flipped image's tiles must sit on its own grid (anchored at the
+    original's far edge), for the whole image and for odd regions of it (blocks)."""
+    model = _model(depth, channels=shape[0], seed=depth + flips)
+    image = _image(shape, seed=flips)
+    expected = whole_image_flipped(model, image, flips)
+    tile = _usable_tiles(model)[tile_index]
+    got = predict_image(model, image, tile=tile, tta=flips)
+    assert got.shape == (2, *shape[1:]) and got.dtype == np.float32
+    np.testing.assert_allclose(got, expected, atol=TOL, rtol=0)
+    predictor = FlipPredictor(TilePredictor(model, tile=tile, device="cpu"), flips_for(flips))
+    h, w = shape[1:]
+    for (y0, y1), (x0, x1) in [((1, h), (3, w - 1)), ((h // 2, h), (0, w // 3 + 1))]:
+        region = predictor.predict_region(lambda r, c: image[:, r, c], (h, w), (y0, y1), (x0, x1))
+        np.testing.assert_allclose(region, expected[:, y0:y1, x0:x1], atol=TOL, rtol=0)
+
+
+def test_negative_control_flipped_tiles_on_the_original_grid_differ():
+    """Flipped images whose tiles sat on the grid counted from the original's origin compute another mean:
+    the comparison above can fail."""
+    model = _model(4, base=6)
+    image = _image((1, 61, 83))                                   # off the grid of 8 on both axes
+    sy, sx = (-n % model.grid for n in image.shape[1:])            # puts a mirror image on the original's grid
+    wrong = 0
+    for flip, (py, px) in zip(_FLIPS4, [(0, 0), (0, sx), (sy, 0), (sy, sx)]):
+        padded = np.pad(np.ascontiguousarray(flip(image)), ((0, 0), (py, 0), (px, 0)), mode="reflect")
+        wrong = wrong + flip(whole_image(model, padded)[:, py:, px:])
+    got = predict_image(model, image, tta=True)
+    np.testing.assert_allclose(got, whole_image_flipped(model, image, 4), atol=TOL, rtol=0)
+    assert np.abs(got - wrong / 4).max() > 1e-3
+
+
+def test_flips_read_the_region_once_each_and_same_padding_is_warned():
+    model = _model(3)
+    image = _image((1, 40, 50))
+    reads = []
+
+    def read(rows, cols):
+        reads.append((rows, cols))
+        return image[:, rows, cols]
+
+    predictor = TilePredictor(model, tile=_usable_tiles(model)[4], device="cpu")
+    FlipPredictor(predictor, flips_for(8)).predict_region(read, (40, 50), (3, 30), (0, 50))
+    assert len(reads) == 8
+    with pytest.warns(UserWarning, match="same-padded"):
+        probs = predict_image(_model(3, padding="same"), image, tile=32, tta=True)
+    np.testing.assert_allclose(probs.sum(0), 1.0, atol=1e-6)
+    with pytest.raises(UNetError, match="expected True, False, 4 or 8 flips, found 3"):
+        predict_image(model, image, tta=3)

@@ -48,6 +48,8 @@ def images(tmp_path_factory):
     (root / "notzarr" / "readme.txt").write_text("hello")
     (root / "manifest.txt").write_text(f"{root / 'gray.zarr'}\n")
     (root / "model.pt").write_bytes(pickle.dumps({"weights": [1, 2, 3]}))
+    save_checkpoint(UNet(depth=2, base_channels=2, input=InputContract(channels=1, dtype="uint8")),
+                    root / "at-2um.safetensors", pixel_size={"value": 2.0, "unit": "micrometer"})
     write_ome_image(root / "ome.zarr", gray)
     return root, gray
 

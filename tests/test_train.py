@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tifffile
 import torch
 from cases import BAD_DATA, BAD_OPTIONS
 from helpers import disks, make_folder, write
@@ -285,3 +286,16 @@ def test_library_errors_are_unet_errors(tmp_path):
         TrainConfig(data=tmp_path, out=tmp_path / "m", steps=3, epochs=1.0)
     with pytest.raises(UNetError, match="expected a checkpoint file name, found a directory"):
         train(TrainConfig(data=make_folder(tmp_path / "d", n=2), out=tmp_path, network=UNetConfig(depth=2, base_channels=4), tile=44))
+
+
+def test_training_records_the_pixel_size_given_or_read_from_the_images(tmp_path):
+    """--pixel-size goes into the checkpoint; without it, the TIFF images' resolution tags do."""
+    given = make_folder(tmp_path / "given", n=2)
+    assert job("--data", str(given), "--out", str(tmp_path / "a.safetensors"), *TINY, "--pixel-size", "0.3") == 0
+    assert load_checkpoint(tmp_path / "a.safetensors")[1]["pixel_size"] == {"value": 0.3, "unit": "micrometer"}
+    tagged = make_folder(tmp_path / "tagged", n=2, suffix=".tif")
+    for image in (tagged / "images").iterdir():
+        tifffile.imwrite(image, tifffile.imread(image), resolution=(1e4, 1e4), resolutionunit="CENTIMETER")
+    assert job("--data", str(tagged), "--out", str(tmp_path / "b.safetensors"), *TINY) == 0
+    recorded = load_checkpoint(tmp_path / "b.safetensors")[1]["pixel_size"]
+    assert recorded["unit"] == "micrometer" and np.allclose(recorded["value"], [1.0, 1.0])

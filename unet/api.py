@@ -12,7 +12,11 @@ import time
 from collections.abc import Sequence
 
 from unet.cli import EXIT_OK
+from unet.infer.predict import SAME_PADDED_TTA
+from unet.io.cog import check_cog_destination
+from unet.io.urls import resolve_storage_options
 from unet.job.actor import BlockRunner
+from unet.job.cog import write_cogs
 from unet.job.driver import run_jobs
 from unet.job.options import SegmentOptions, parse_options
 from unet.job.prepare import prepare_jobs, provenance, read_checkpoint, resume
@@ -27,15 +31,22 @@ def segment(options: SegmentOptions) -> Report:
     before anything is written."""
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     checkpoint = read_checkpoint(options)
+    if options.tta > 1 and checkpoint.model.config.padding != "valid":
+        print(f"unet: {SAME_PADDED_TTA}", file=sys.stderr)
     jobs = prepare_jobs(options, checkpoint)
     if options.dry_run:
         print_plan(jobs, checkpoint.model, options)
         return build_report(jobs, None)
+    if options.cog:
+        check_cog_destination(options.cog, resolve_storage_options(options.cog, options.storage_options))
     todo = [job for job in jobs if not job.complete]
     for job in todo:
         resume(job)
     stats = run_jobs(todo, options, checkpoint.data, checkpoint.class_names,
                      provenance(options, checkpoint.model, checkpoint.sha256, started), BlockRunner) if todo else None
+    for job in jobs:
+        if options.cog and not job.failed:
+            job.cogs = write_cogs(job, options.cog, options.storage_options)
     report = build_report(jobs, stats)
     if options.report:
         write_report(options.report, report, jobs)

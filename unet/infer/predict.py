@@ -12,18 +12,22 @@ import heapq
 import itertools
 import threading
 import time
-from collections.abc import Iterator
+import warnings
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
 
 from unet.errors import UNetError
 from unet.infer.tiling import Reader, read_mirrored, tile_origins
+from unet.infer.tta import FLIPS, Flip, flips_for, mean_over_flips
 from unet.nn.config import UNetConfig
 from unet.nn.device import resolve_device
 from unet.nn.model import UNet
 from unet.nn.sizes import SizeArithmetic
 
+SAME_PADDED_TTA = ("tta: this model is same-padded, so its tiles are not exact (with or without flips); "
+                   "the flips are averaged all the same")
 DEFAULT_CPU_BUDGET = 1 << 30     # bytes of activations per forward pass on CPU
 MAX_AUTO_TILE = 2048             # no measured gain past this on CPU; GPUs get batches instead
 
@@ -204,18 +208,42 @@ class OldestFirst:
                 self._cond.notify_all()
 
 
+class FlipPredictor:
+    """Test-time augmentation over a ``TilePredictor``: the mean of the probabilities of each flipped
+    image, flipped back (``unet.infer.tta``); the same ``predict_region``/``predict_classes`` calls."""
+
+    def __init__(self, predictor: TilePredictor, flips: Sequence[Flip] = FLIPS):
+        self.base, self.flips = predictor, tuple(flips)
+
+    def predict_region(self, read: Reader, shape: tuple[int, int], rows: tuple[int, int],
+                       cols: tuple[int, int]) -> np.ndarray:
+        """Mean softmax probabilities (K, h, w), float32, of the output rectangle rows x cols."""
+        return mean_over_flips(self.flips, shape, rows, cols, lambda flip, fshape, frows, fcols:
+                               self.base.predict_region(flip.reader(read, shape), fshape, frows, fcols))
+
+    def predict_classes(self, read: Reader, shape: tuple[int, int], rows: tuple[int, int],
+                        cols: tuple[int, int]) -> np.ndarray:
+        """The most probable class (h, w) uint8 of the mean probabilities."""
+        return class_index(self.predict_region(read, shape, rows, cols))
+
+
 def predict_image(model: UNet, image: np.ndarray, *, tile: int | None = None, batch_size: int | None = None,
-                  device: str | torch.device | None = None, amp: bool | None = None) -> np.ndarray:
+                  device: str | torch.device | None = None, amp: bool | None = None,
+                  tta: bool | int = False) -> np.ndarray:
     """Softmax probabilities (classes, H, W), float32, of an (H, W) or (C, H, W) image of any size.
 
     ``tile`` is the network's input size (572 for the paper's tile); None picks the largest valid tile
-    within a memory budget. The model's input normalisation is applied here.
+    within a memory budget. The model's input normalisation is applied here. ``tta`` averages over flips:
+    True (or 4) the horizontal and vertical mirrors, 8 the symmetries of the square; exact with a
+    valid-padded model (a same-padded one is not exact with or without it, and is warned about).
     """
     image = as_chw(image, model.config.in_channels)
-    predictor = TilePredictor(model, tile=tile, batch_size=batch_size, device=device, amp=amp,
-                              image_shape=image.shape[1:])
+    flips = flips_for(tta)
+    if len(flips) > 1 and model.config.padding != "valid":
+        warnings.warn(SAME_PADDED_TTA, stacklevel=2)
     h, w = image.shape[1:]
-    return predictor.predict_region(lambda r, c: image[:, r, c], (h, w), (0, h), (0, w))
+    predictor = TilePredictor(model, tile=tile, batch_size=batch_size, device=device, amp=amp, image_shape=(h, w))
+    return FlipPredictor(predictor, flips).predict_region(lambda r, c: image[:, r, c], (h, w), (0, h), (0, w))
 
 
 def class_index(probs: np.ndarray) -> np.ndarray:

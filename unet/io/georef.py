@@ -31,6 +31,16 @@ def affine_transform(georef: Mapping[str, Any]) -> Affine | None:
     return _geotiff_transform(georef.get("geotiff", {}))
 
 
+def level_transform(georef: Mapping[str, Any], scale: tuple[float, float]) -> Affine | None:
+    """The pixel-to-CRS transform of the pyramid level an input was opened at. A TIFF's tags describe its
+    level 0, and ``scale`` (y, x) is then the level's pixel in level-0 pixels; Zarr attributes belong to the
+    array that was opened."""
+    transform = affine_transform(georef)
+    if transform is None or "geotiff" not in georef:
+        return transform
+    return transform * Affine.scale(scale[1], scale[0])
+
+
 def crs_name(georef: Mapping[str, Any]) -> str | None:
     """The CRS as a user input string (e.g. "EPSG:32633" or WKT), or None when unknown."""
     for key in _CRS_KEYS:

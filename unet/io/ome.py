@@ -10,6 +10,11 @@ _PALETTE = [(0, 0, 0, 0), (230, 25, 75, 255), (60, 180, 75, 255), (255, 225, 25,
             (245, 130, 48, 255), (145, 30, 180, 255), (70, 240, 240, 255), (240, 50, 230, 255)]
 
 
+def class_colors(num_classes: int) -> list[tuple[int, int, int, int]]:
+    """One RGBA colour per class value; value 0 (background) transparent."""
+    return [_PALETTE[v % len(_PALETTE)] for v in range(num_classes)]
+
+
 def label_metadata(levels: int, scale: tuple[float, float], translation: tuple[float, float],
                    units: tuple[str | None, str | None], class_names: list[str] | None, name: str,
                    source_image: str | None = None) -> dict[str, Any]:
@@ -25,7 +30,7 @@ def label_metadata(levels: int, scale: tuple[float, float], translation: tuple[f
             {"type": "translation", "translation": [t + (factor - 1) / 2 * s for t, s in zip(translation, scale)]},
         ]})
     image_label: dict[str, Any] = {} if class_names is None else {
-        "colors": [{"label-value": v, "rgba": list(_PALETTE[v % len(_PALETTE)])} for v in range(len(class_names))],
+        "colors": [{"label-value": v, "rgba": list(rgba)} for v, rgba in enumerate(class_colors(len(class_names)))],
         "properties": [{"label-value": v, "class": c} for v, c in enumerate(class_names)],
     }
     if source_image:

@@ -53,7 +53,7 @@ def open_tiff_level(url: str, storage_options: Mapping[str, Any], level: int, na
     axes = series.levels[level].get_axes(None)
     level0_shape = series.levels[0].get_shape(None)
     return TiffLevel(array=array, axes=axes, roles="".join(_ROLES.get(a, "z") for a in axes),
-                     scale=[_factor(full, part) for full, part in zip(level0_shape, array.shape)],
+                     scale=[level_factor(full, part) for full, part in zip(level0_shape, array.shape)],
                      georef=_geotiff_tags(series.levels[0].keyframe))
 
 
@@ -62,7 +62,7 @@ def is_tiff_header(head: bytes) -> bool:
     return head[:4] in TIFF_MAGIC
 
 
-def _factor(full: int, part: int) -> float:
+def level_factor(full: int, part: int) -> float:
     """The downsampling factor from ``full`` to ``part`` pixels: an integer when rounding explains the sizes."""
     ratio = full / part
     nearest = max(1, round(ratio))

@@ -17,8 +17,9 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from unet.infer.predict import TilePredictor, class_index
+from unet.infer.predict import FlipPredictor, TilePredictor, class_index
 from unet.infer.tiling import Reader
+from unet.infer.tta import flips_for
 from unet.io.output import OutputSpec, OutputWriter
 from unet.io.source import Source, SourceSpec, open_source
 from unet.job.objects.actor import relabel_block, store_block_objects, store_rim
@@ -31,18 +32,20 @@ from unet.nn.checkpoint import load_checkpoint
 
 class BlockRunner:
     """Loads the checkpoint once; each method writes one block and its marker (the ``BlockActor`` contract).
-    Without a ``tile``, the predictor picks the largest one within memory that a ``block`` can use."""
+    Without a ``tile``, the predictor picks the largest one within memory that a ``block`` can use.
+    ``tta`` (4 or 8 flips) averages the predictions of flipped images (``unet.infer.tta``)."""
 
     def __init__(self, checkpoint: bytes, *, tile: int | None = None, batch_size: int | None = None,
                  device: str | None = None, amp: bool | None = None, threads: int | None = None,
-                 block: int | None = None, compile: bool = False):
+                 block: int | None = None, compile: bool = False, tta: int = 1):
         if threads:
             torch.set_num_threads(threads)
         model, _ = load_checkpoint(checkpoint)
         self.contract = model.config.input
         self.predictor = TilePredictor(model, tile=tile, batch_size=batch_size, device=device, amp=amp,
                                        image_shape=(block, block) if block else None, compile=compile)
-        self.empty = EmptyBlocks(self.predictor)
+        self.flipped = FlipPredictor(self.predictor, flips_for(tta))
+        self.empty = EmptyBlocks(self.predictor, self.flipped.flips)
         self._lock = threading.Lock()
         self._sources: dict[SourceSpec, Source] = {}
         self._writers: dict[OutputSpec, OutputWriter] = {}
@@ -72,9 +75,10 @@ class BlockRunner:
         if probs is not None:
             return class_index(probs), probs, SkipReason.EMPTY
         args = (wrap(source.read), source.shape, block.rows, block.cols)
+        predictor: TilePredictor | FlipPredictor = self.flipped if len(self.flipped.flips) > 1 else self.predictor
         if not probabilities:
-            return self.predictor.predict_classes(*args), None, None
-        probs = self.predictor.predict_region(*args)                                 # (K, h, w)
+            return predictor.predict_classes(*args), None, None
+        probs = predictor.predict_region(*args)                                      # (K, h, w)
         return class_index(probs), probs, None
 
     def background(self, spec: JobSpec, block: Block) -> BlockStats:

@@ -8,7 +8,6 @@ speaks to actors only through ``unet.job.spec``, and never imports the actor sid
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from unet.errors import UNetError
 from unet.io.ome import label_metadata
 from unet.io.output import (STATUS_COMPLETE, STATUS_RUNNING, create_output, register_label, update_unet_attrs,
                             write_ome_metadata)
+from unet.job.level import output_scale
 from unet.job.objects.driver import create_instances, run_objects
 from unet.job.options import SegmentOptions
 from unet.job.plan import Block
@@ -42,17 +42,11 @@ class WorkerResources:
 
 
 def connect_ray() -> None:
-    """Join the cluster in RAY_ADDRESS or on this node; otherwise start a local one."""
-    if ray.is_initialized():
-        return
-    kwargs: dict[str, Any] = dict(include_dashboard=False, configure_logging=False, log_to_driver=False)
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(address=os.environ["RAY_ADDRESS"], **kwargs)
-        return
-    try:
-        ray.init(address="auto", **kwargs)
-    except ConnectionError:
-        ray.init(**kwargs)
+    """Join the cluster in RAY_ADDRESS, else the one ``ray start`` runs on this node (the address file in
+    Ray's temporary folder, /tmp/ray unless RAY_TMPDIR says otherwise), else start a local one. Not
+    ``address="auto"``: that joins any Ray it finds in the process table, e.g. another user's."""
+    if not ray.is_initialized():
+        ray.init(include_dashboard=False, configure_logging=False, log_to_driver=False)
 
 
 def worker_resources(workers: int | None, cpus: float | None, gpus: float) -> WorkerResources:
@@ -89,7 +83,7 @@ def run_jobs(jobs: Sequence[PreparedJob], opts: SegmentOptions, checkpoint: byte
 
     def make_actor() -> Any:
         return actor.remote(ref, tile=opts.tile, batch_size=opts.batch_size, device=device, amp=opts.amp,
-                            threads=threads, block=opts.block_size, compile=opts.compile)
+                            threads=threads, block=opts.block_size, compile=opts.compile, tta=opts.tta)
 
     for job in jobs:
         _start_output(job, provenance)
@@ -113,7 +107,8 @@ def run_jobs(jobs: Sequence[PreparedJob], opts: SegmentOptions, checkpoint: byte
             _finish_or_report(job, class_names, seconds)
     return RunStats(seconds, progress.blocks_done, progress.new_pixels, progress.rate, progress.network_s,
                     progress.network_cpu_s, progress.network_s / max(seconds * res.workers, 1e-9),
-                    res.workers, res.cpus, res.gpus, scheduler.replaced, scheduler.completed)
+                    res.workers, res.cpus, res.gpus, scheduler.replaced, scheduler.completed,
+                    ray.get_runtime_context().gcs_address)
 
 
 def _level0_call(job: PreparedJob, block: Block) -> Call:
@@ -147,11 +142,13 @@ def _finish_or_report(job: PreparedJob, class_names: list[str], seconds: float) 
 def _finish_output(job: PreparedJob, class_names: list[str], seconds: float) -> None:
     """The last write of a run: OME metadata, provenance end, status complete."""
     out, source = job.spec.output, job.source
-    ome = label_metadata(len(out.level_shapes), source.scale, source.translation, source.units, class_names,
+    scale, units = output_scale(source, job.level)
+    ome = label_metadata(len(out.level_shapes), scale, source.translation, units, class_names,
                          name=job.label_name or "labels", source_image="../../" if job.label_name else None)
     write_ome_metadata(out, ome)
     if job.label_name:
         register_label(out, job.label_name)
     update_unet_attrs(out, status=STATUS_COMPLETE, finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                       seconds=round(seconds, 3), pixels=source.shape[0] * source.shape[1],
-                      georeferencing=source.georef or None, objects=job.object_counts)
+                      georeferencing=source.georef or None, objects=job.object_counts, level=job.level.level,
+                      pixel_size=job.level.pixel_size.to_dict() if job.level.pixel_size else None)

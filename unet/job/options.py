@@ -51,6 +51,8 @@ class SegmentOptions:
     objects: bool = False
     object_classes: str | None = None  # as given; resolved against the checkpoint's classes in prepare_job
     min_area: int = 0
+    tta: int = 1  # test-time flips averaged: 1 (none), 4 (mirrors) or 8 (the square's symmetries)
+    cog: str | None = None  # also write the class image as a Cloud-Optimized GeoTIFF here
 
     def __post_init__(self) -> None:
         """What no single option shows on its own (the parser checks the rest)."""
@@ -59,9 +61,12 @@ class SegmentOptions:
             raise UNetError(f"{given}: expected together with --objects, found it alone; add --objects")
         if self.min_area < 0:
             raise UNetError(f"--min-area: expected a number of pixels >= 0, found {self.min_area}")
-        if self.roi and len(self.pairs) > 1:
-            raise UNetError(f"--roi: expected one input to cover, found a manifest of {len(self.pairs)} inputs; "
-                            "run each input with its own --roi")
+        for flag, value in (("--roi", self.roi), ("--cog", self.cog)):
+            if value and len(self.pairs) > 1:
+                raise UNetError(f"{flag}: expected one input to cover, found a manifest of {len(self.pairs)} "
+                                f"inputs; run each input with its own {flag}")
+        if self.tta not in (1, 4, 8):
+            raise UNetError(f"--tta: expected 4 or 8 flips (1: none), found {self.tta}")
         if self.input_range is not None and not self.input_range[1] > self.input_range[0]:
             lo, hi = self.input_range
             raise UNetError(f"--input-range: expected LO < HI, found '{lo:g},{hi:g}'")
@@ -115,6 +120,13 @@ def build_parser() -> argparse.ArgumentParser:
                                                            "the checkpoint's class names (default: all but 0)")
     g.add_argument("--min-area", type=int, default=0, metavar="PX", help="drop objects of fewer pixels "
                                                                           "(default 0: keep all)")
+    g.add_argument("--cog", metavar="PATH", help="also write the class image as a Cloud-Optimized GeoTIFF "
+                   "(path or URL, .tif), in the input's CRS, once the output is complete; with --objects "
+                   "also the instance image as PATH-instances.tif")
+    g.add_argument("--tta", type=int, nargs="?", const=4, default=1, choices=(4, 8), metavar="4|8",
+                   help="test-time flips: average the probabilities of the horizontally and vertically "
+                        "mirrored images (4), or of all 8 symmetries of the square (--tta 8); exact, and "
+                        "4 or 8 times the network's work")
     g = p.add_argument_group("execution")
     g.add_argument("--block", type=int, help="pixels per block side, a multiple of the chunk (or shard); "
                                              "default 4 chunks")
@@ -152,7 +164,7 @@ def parse_options(argv: Sequence[str]) -> SegmentOptions:
         overwrite=a.overwrite, as_label=a.as_label, input_range=_range(a.input_range), roi=a.roi,
         storage_options=parse_storage_options(a.storage_option), dry_run=a.dry_run, report=a.report,
         block_timeout=a.block_timeout, max_retries=a.max_retries, progress=a.progress, objects=a.objects,
-        object_classes=a.object_classes, min_area=a.min_area)
+        object_classes=a.object_classes, min_area=a.min_area, tta=a.tta, cog=a.cog)
 
 
 def _pairs(a: argparse.Namespace) -> tuple[tuple[str, str], ...]:

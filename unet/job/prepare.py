@@ -18,8 +18,10 @@ from unet.errors import CheckpointError, UNetError, redact
 from unet.infer.instances import InstanceMethod
 from unet.io.georef import affine_transform
 from unet.io.output import STATUS_COMPLETE, OutputSpec, check_writable, done_keys, read_unet_attrs
-from unet.io.source import Source, SourceSpec, open_source
+from unet.io.pixelsize import PixelSize, checkpoint_pixel_size
+from unet.io.source import Source, SourceSpec
 from unet.io.urls import is_inside, resolve_storage_options
+from unet.job.level import LevelChoice, open_level
 from unet.job.options import SegmentOptions
 from unet.job.plan import BlockPlan, check_block_size
 from unet.job.pyramid import level_plan
@@ -31,13 +33,15 @@ from unet.nn.model import UNet
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """The run's checkpoint: its bytes (sent to the actors once), the model, its hash and class names."""
+    """The run's checkpoint: its bytes (sent to the actors once), the model, its hash, class names, how its
+    classes become objects, and the pixel size it was trained at (None: not recorded)."""
 
     data: bytes
     model: UNet
     sha256: str
     class_names: list[str]
     instance_method: InstanceMethod | None = None  # a contour model's; None: objects are connected components
+    pixel_size: PixelSize | None = None  # the pixel size the model was trained at
 
 
 @dataclass
@@ -56,6 +60,8 @@ class PreparedJob:
     skipped: Counter[SkipReason] = field(default_factory=Counter)  # blocks not run, by reason
     label_name: str | None = None  # set when writing INPUT/labels/NAME of an OME-Zarr image
     object_counts: dict[str, int] | None = None  # --objects: objects per class, once merged
+    level: LevelChoice = LevelChoice(0, None)  # the input's pyramid level segmented, and its pixel size
+    cogs: list[dict[str, Any]] = field(default_factory=list)  # --cog: the COGs written (or found written)
 
     @property
     def complete(self) -> bool:
@@ -67,7 +73,8 @@ def read_checkpoint(opts: SegmentOptions) -> Checkpoint:
     model, metadata = load_checkpoint(data, name=redact(opts.checkpoint))
     class_names = list(metadata.get("class_names") or [f"class {k}" for k in range(model.config.num_classes)])
     return Checkpoint(data, model, hashlib.sha256(data).hexdigest(), class_names,
-                      instance_method(metadata, model, redact(opts.checkpoint)))
+                      instance_method(metadata, model, redact(opts.checkpoint)),
+                      checkpoint_pixel_size(metadata, redact(opts.checkpoint)))
 
 
 def instance_method(metadata: dict[str, Any], model: UNet, name: str) -> InstanceMethod | None:
@@ -83,7 +90,7 @@ def prepare_jobs(opts: SegmentOptions, checkpoint: Checkpoint) -> list[PreparedJ
     """Every pair of the run, validated and planned, in order. With --objects, a checkpoint that records no
     instance method (a model trained before contour objects) is said, once, to label connected components."""
     jobs = [prepare_job(opts, pair, checkpoint.model, checkpoint.sha256, checkpoint.class_names,
-                        checkpoint.instance_method) for pair in opts.pairs]
+                        checkpoint.instance_method, checkpoint.pixel_size) for pair in opts.pairs]
     if opts.objects and checkpoint.instance_method is None:  # once, and only for a run that goes ahead
         print(f"unet: checkpoint {redact(opts.checkpoint)} records no instance method (a model trained before "
               "contour objects), so --objects labels connected components and touching objects merge",
@@ -99,12 +106,14 @@ def resume(job: PreparedJob) -> None:
 
 
 def prepare_job(opts: SegmentOptions, pair: tuple[str, str], model: UNet, checkpoint_sha: str,
-                class_names: Sequence[str], method: InstanceMethod | None = None) -> PreparedJob:
-    """Open and check one INPUT -> OUTPUT pair and plan its blocks; nothing is written."""
+                class_names: Sequence[str], method: InstanceMethod | None = None,
+                pixel_size: PixelSize | None = None) -> PreparedJob:
+    """Open and check one INPUT -> OUTPUT pair (at the level nearest the model's ``pixel_size`` unless
+    ``--level`` says) and plan its blocks; nothing is written."""
     in_url, out_url = pair
     so_in = resolve_storage_options(in_url, opts.storage_options)
     so_out = resolve_storage_options(out_url, opts.storage_options)
-    source = open_source(SourceSpec(in_url, opts.level, opts.axes, storage_options=so_in))
+    source, level = open_level(SourceSpec(in_url, opts.level, opts.axes, storage_options=so_in), pixel_size)
     check_contract(source, model, opts.input_range)
     if opts.as_label:
         if not source.is_ome:
@@ -120,12 +129,12 @@ def prepare_job(opts: SegmentOptions, pair: tuple[str, str], model: UNet, checkp
                      opts.probabilities, storage_options=so_out)
     objects = (objects_spec(out, object_classes(opts.object_classes, class_names, method), opts.min_area,
                             affine_transform(source.georef) is not None, method) if opts.objects else None)
-    fingerprint = {"checkpoint_sha256": checkpoint_sha, "input": redact(in_url), "level": opts.level or 0,
+    fingerprint = {"checkpoint_sha256": checkpoint_sha, "input": redact(in_url), "level": level.level,
                    "axes": opts.axes, "shape": list(source.shape), "chunk": opts.chunk, "shard": opts.shard,
                    "block": opts.block_size, "probabilities": opts.probabilities,
                    "input_range": list(opts.input_range) if opts.input_range else None,
                    "objects": objects.fingerprint if objects else None,
-                   "roi": redact(opts.roi) if opts.roi else None}
+                   "roi": redact(opts.roi) if opts.roi else None, "tta": opts.tta if opts.tta > 1 else None}
     roi = load_roi(opts.roi, resolve_storage_options(opts.roi, opts.storage_options), source.shape) \
         if opts.roi else None
     existing = read_unet_attrs(out)
@@ -134,7 +143,7 @@ def prepare_job(opts: SegmentOptions, pair: tuple[str, str], model: UNet, checkp
     existing = None if opts.overwrite else existing
     return PreparedJob(JobSpec(source.spec, out, opts.input_range, objects), source,
                        level_plan(out, 0, opts.block_size), fingerprint, existing,
-                       label_name=opts.as_label, roi=roi, object_counts=(existing or {}).get("objects"))
+                       label_name=opts.as_label, roi=roi, object_counts=(existing or {}).get("objects"), level=level)
 
 
 def check_contract(source: Source, model: UNet, input_range: tuple[float, float] | None) -> None:

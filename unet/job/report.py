@@ -42,6 +42,7 @@ class RunStats:
     gpus_per_worker: float
     worker_restarts: int
     tasks_run: int
+    ray_address: str       # the GCS address of the cluster the run used
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,9 @@ class OutputReport:
     blocks_outside_roi: int
     failed: tuple[BlockFailure, ...]
     objects: dict[str, int] | None   # --objects: objects per class
+    level: int = 0                   # the input's pyramid level that was segmented
+    pixel_size: dict[str, Any] | None = None  # its pixel size ({"value": [y, x], "unit": ...}), if known
+    cog: tuple[dict[str, Any], ...] = ()  # --cog: the COGs written (or found written), each with its url
 
     @property
     def complete(self) -> bool:
@@ -66,6 +70,8 @@ class OutputReport:
         d = {**asdict(self), "shape": list(self.shape), "failed": [f.to_dict() for f in self.failed]}
         if self.objects is None:
             del d["objects"]
+        if not self.cog:
+            del d["cog"]
         return d
 
 
@@ -96,7 +102,8 @@ def build_report(jobs: Sequence[PreparedJob], stats: RunStats | None) -> Report:
     outputs = tuple(OutputReport(
         redact(j.spec.source.url), redact(j.spec.output.url),
         STATUS_COMPLETE if j.complete or not j.failed else STATUS_INCOMPLETE, j.source.shape, len(j.plan),
-        j.skipped[SkipReason.EMPTY], j.skipped[SkipReason.ROI], tuple(j.failed), j.object_counts) for j in jobs)
+        j.skipped[SkipReason.EMPTY], j.skipped[SkipReason.ROI], tuple(j.failed), j.object_counts, j.level.level,
+        j.level.pixel_size.to_dict() if j.level.pixel_size else None, tuple(j.cogs)) for j in jobs)
     return Report(outputs, stats)
 
 
@@ -141,7 +148,8 @@ def print_plan(jobs: Sequence[PreparedJob], model: UNet, opts: SegmentOptions) -
               f"  image {h} x {w} px, {job.source.channels} channel(s), {job.source.dtype}\n"
               f"  blocks: {len(job.plan)} of {job.plan.block} px ({job.plan.counts[0]} x {job.plan.counts[1]})\n"
               f"  tiles: {n_tiles} of {predictor.tile} px in -> {predictor.out_tile} px out "
-              f"(margin overhead {overhead:.0%}), {flops / 1e9:.1f} GFLOP each, {n_tiles * flops / 1e12:.2f} TFLOP total\n"
+              f"(margin overhead {overhead:.0%}), {flops / 1e9:.1f} GFLOP each, "
+              f"{n_tiles * opts.tta * flops / 1e12:.2f} TFLOP total" + (f" with {opts.tta} flips\n" if opts.tta > 1 else "\n") +
               f"  output levels: {len(job.spec.output.level_shapes)}, chunk {opts.chunk}"
               + (f", shard {opts.shard}" if opts.shard else "")
               + ("  [already complete]" if job.complete else ""))

@@ -24,16 +24,19 @@ from zarr.storage import FsspecStore, LocalStore
 
 from unet.infer.predict import TilePredictor
 from unet.infer.tiling import Reader, mirrored_box
+from unet.infer.tta import FLIPS, Flip, input_window, mean_over_flips
 from unet.io.source import Source, SourceSpec
 
 PERIODIC_TOLERANCE = 1e-6  # largest deviation of a constant tile's output from its repeated grid cell
 
 
 class EmptyBlocks:
-    """Per worker: which blocks of a source hold nothing but fill value, and their prediction."""
+    """Per worker: which blocks of a source hold nothing but fill value, and their prediction (the mean
+    over ``flips`` with test-time flips: a flipped constant image is the same image, its grid anchored at
+    the other edge)."""
 
-    def __init__(self, predictor: TilePredictor):
-        self.predictor = predictor
+    def __init__(self, predictor: TilePredictor, flips: tuple[Flip, ...] = FLIPS[:1]):
+        self.predictor, self.flips = predictor, flips
         self._lock = threading.Lock()
         self._fill: dict[SourceSpec, np.ndarray | None] = {}
 
@@ -44,10 +47,11 @@ class EmptyBlocks:
         cell = self._fill_prediction(source, wrap)
         if cell is None:
             return None
-        window = mirrored_box(source.shape, *self.predictor.input_window(rows, cols))
+        window = mirrored_box(source.shape, *input_window(self.predictor, self.flips, source.shape, rows, cols))
         if not window_is_missing(source, *window):
             return None
-        return periodic(cell, rows, cols)
+        return mean_over_flips(self.flips, source.shape, rows, cols, lambda _, __, frows, fcols:
+                               periodic(cell, frows, fcols))
 
     def _fill_prediction(self, source: Source, wrap: Callable[[Reader], Reader]) -> np.ndarray | None:
         with self._lock:

@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from unet.errors import UNetError
 from unet.infer.predict import predict_image
+from unet.io.pixelsize import checkpoint_pixel_size, folder_pixel_size
 from unet.nn.checkpoint import load_checkpoint, save_checkpoint
 from unet.nn.config import UNetConfig
 from unet.nn.device import resolve_device
@@ -67,6 +68,8 @@ class TrainConfig:
     device: str = "auto"
     resume: Path | None = None
     progress: bool = True
+    pixel_size: float | tuple[float, float] | None = None  # (y, x) or square, in pixel_unit; None: unknown
+    pixel_unit: str = "micrometer"
 
     def __post_init__(self) -> None:
         checks = [
@@ -85,6 +88,8 @@ class TrainConfig:
         for ok, expected, found in checks:
             if not ok:
                 raise UNetError(f"training options: expected {expected}, found {found}")
+        if self.pixel_size is not None:
+            checkpoint_pixel_size({"pixel_size": self.pixel_metadata}, "--pixel-size")
 
     @property
     def num_classes(self) -> int:
@@ -93,6 +98,14 @@ class TrainConfig:
     @property
     def learning_rate(self) -> float:
         return self.lr if self.lr is not None else {"adam": 1e-3, "sgd": 1e-2}[self.optimizer]
+
+    @property
+    def pixel_metadata(self) -> dict[str, Any] | None:
+        """The pixel size as checkpoints record it (``unet.io.pixelsize.checkpoint_pixel_size`` reads it)."""
+        if self.pixel_size is None:
+            return None
+        return {"value": self.pixel_size if isinstance(self.pixel_size, int | float) else list(self.pixel_size),
+                "unit": self.pixel_unit}
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: paths as strings."""
@@ -116,6 +129,10 @@ def train(config: TrainConfig) -> TrainResult:
     if config.data is None:
         raise UNetError("training options: expected a data folder, found none; or call fit() with samples")
     samples = load_folder(config.data, config.num_classes, config.instances)
+    if config.pixel_size is None:
+        found = folder_pixel_size(sorted(Path(config.data, "images").iterdir()))
+        if found is not None:
+            config = replace(config, pixel_size=found.in_unit("micrometer"), pixel_unit="micrometer")
     if config.val_dir is not None:
         train_set, val_set = samples, load_folder(config.val_dir, config.num_classes, config.instances)
     else:
@@ -266,7 +283,8 @@ def run_metadata(config: TrainConfig, train_set: Sequence[Sample], val_set: Sequ
             "instances": config.instances, "train_images": [s.name for s in train_set],
             "val_images": [s.name for s in val_set],
             "normalisation": "per-channel mean and standard deviation of the training images",
-            "train_config": config.to_dict()}
+            "train_config": config.to_dict(),
+            **({"pixel_size": config.pixel_metadata} if config.pixel_size is not None else {})}
 
 
 class BestCheckpoint:
