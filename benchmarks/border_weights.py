@@ -34,8 +34,12 @@ ARMS = ("with border weights", "without")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    return training_parser(__doc__.splitlines()[0], RESULTS).parse_args(argv)
+
+
+def training_parser(description: str, results: Path) -> argparse.ArgumentParser:
+    """The options of a benchmark that trains on synthetic nuclei (this one, and benchmarks/tta.py)."""
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--steps", type=int, default=400, help="training steps per run")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="one pair of runs per seed")
     p.add_argument("--train-scenes", type=int, default=6, help="training images (one more for validation)")
@@ -45,8 +49,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--base-channels", type=int, default=16)
     p.add_argument("--tile", type=int, default=188, help="network input size of a training tile")
     p.add_argument("--batch-size", type=int, default=2)
-    p.add_argument("--out", type=Path, default=RESULTS, help="JSON results")
-    return p.parse_args(argv)
+    p.add_argument("--out", type=Path, default=results, help="JSON results")
+    return p
 
 
 def scenes(n: int, size: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -76,14 +80,8 @@ def evaluate(checkpoint: Path, test: list[tuple[np.ndarray, np.ndarray]]) -> Sco
 
 def run_pair(args: argparse.Namespace, seed: int, workdir: Path) -> dict[str, dict]:
     """Both arms for one seed: identical but for the border term."""
-    pairs = scenes(args.train_scenes + 1, args.size, seed=1000 + seed)
-    train_set, val_set = as_samples(pairs[:-1], "train"), as_samples(pairs[-1:], "val")
-    test = scenes(args.test_scenes, args.size, seed=2000 + seed)
-    base = TrainConfig(data=workdir, out=workdir / "x.safetensors", instances=True,
-                       network=UNetConfig(depth=args.depth, base_channels=args.base_channels), tile=args.tile,
-                       batch_size=args.batch_size,
-                       steps=args.steps, seed=seed, progress=sys.stderr.isatty(),
-                       class_names=("background", "nucleus"))
+    train_set, val_set, test = seed_data(args, seed)
+    base = base_config(args, seed, workdir)
     results = {}
     for arm, border in zip(ARMS, (True, False)):
         config = replace(base, out=workdir / f"{seed}-{border}.safetensors", loss=LossConfig(border_weights=border))
@@ -94,6 +92,20 @@ def run_pair(args: argparse.Namespace, seed: int, workdir: Path) -> dict[str, di
         print(f"seed {seed}, {arm}: object F1 {s.objects.f1:.3f}, foreground IoU {s.foreground_iou:.3f} "
               f"({run.seconds:.0f} s)", flush=True)
     return results
+
+
+def seed_data(args: argparse.Namespace, seed: int) -> tuple[list[Sample], list[Sample], list[tuple[np.ndarray, np.ndarray]]]:
+    """A seed's training and validation samples, and its held-out (image, instances) scenes."""
+    pairs = scenes(args.train_scenes + 1, args.size, seed=1000 + seed)
+    test = scenes(args.test_scenes, args.size, seed=2000 + seed)
+    return as_samples(pairs[:-1], "train"), as_samples(pairs[-1:], "val"), test
+
+
+def base_config(args: argparse.Namespace, seed: int, workdir: Path) -> TrainConfig:
+    return TrainConfig(data=workdir, out=workdir / "x.safetensors", instances=True,
+                       network=UNetConfig(depth=args.depth, base_channels=args.base_channels), tile=args.tile,
+                       batch_size=args.batch_size, steps=args.steps, seed=seed, progress=sys.stderr.isatty(),
+                       class_names=("background", "nucleus"))
 
 
 def table(rows: list[dict], args: argparse.Namespace) -> str:

@@ -19,36 +19,21 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
-from border_weights import as_samples, scenes
+from border_weights import base_config, seed_data, training_parser
 
 from unet import UNet, load_checkpoint
-from unet.train.data import data_hash
-from unet.train.metrics import Scores, score
 from unet.infer.predict import predict_image
-from unet.train.loop import TrainConfig, fit
+from unet.train.data import data_hash
+from unet.train.loop import fit
+from unet.train.metrics import Scores, score
 
 RESULTS = Path(__file__).resolve().parent / "results" / "tta.json"
 ARMS = {"no flips": 1, "4 flips (--tta)": 4, "8 flips (--tta 8)": 8}
-
-
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--steps", type=int, default=400, help="training steps per seed")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="one trained model per seed")
-    p.add_argument("--train-scenes", type=int, default=6, help="training images (one more for validation)")
-    p.add_argument("--test-scenes", type=int, default=8, help="held-out images scored with each arm")
-    p.add_argument("--size", type=int, default=192, help="scene side in pixels")
-    p.add_argument("--depth", type=int, default=4)
-    p.add_argument("--base-channels", type=int, default=16)
-    p.add_argument("--tile", type=int, default=188, help="network input size of a training tile")
-    p.add_argument("--batch-size", type=int, default=2)
-    p.add_argument("--out", type=Path, default=RESULTS, help="JSON results")
-    return p.parse_args(argv)
 
 
 def evaluate(model: UNet, test: list[tuple[np.ndarray, np.ndarray]], flips: int) -> Scores:
@@ -72,13 +57,8 @@ def seconds_per_arm(model: UNet, image: np.ndarray, repeats: int = 3) -> dict[in
 
 
 def run_seed(args: argparse.Namespace, seed: int, workdir: Path) -> list[dict]:
-    pairs = scenes(args.train_scenes + 1, args.size, seed=1000 + seed)
-    train_set, val_set = as_samples(pairs[:-1], "train"), as_samples(pairs[-1:], "val")
-    test = scenes(args.test_scenes, args.size, seed=2000 + seed)
-    config = TrainConfig(data=workdir, out=workdir / f"{seed}.safetensors", instances=True, depth=args.depth,
-                         base_channels=args.base_channels, tile=args.tile, batch_size=args.batch_size,
-                         steps=args.steps, seed=seed, progress=sys.stderr.isatty(),
-                         class_names=("background", "nucleus"))
+    train_set, val_set, test = seed_data(args, seed)
+    config = replace(base_config(args, seed, workdir), out=workdir / f"{seed}.safetensors")
     run = fit(config, train_set, val_set, data_hash([*train_set, *val_set]))
     model, _ = load_checkpoint(run.checkpoint)
     timings = seconds_per_arm(model, test[0][0])
@@ -113,7 +93,7 @@ def table(rows: list[dict], args: argparse.Namespace) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
+    args = training_parser(__doc__.splitlines()[0], RESULTS).parse_args(argv)
     load_before = os.getloadavg()[0]
     rows = []
     with tempfile.TemporaryDirectory() as workdir:

@@ -47,7 +47,7 @@ def _assert_cog_matches(path, group, crs="EPSG:32633", transform=UTM):
             np.testing.assert_array_equal(ds.read(1), group[str(k)][:])   # the pyramid's mode, not GDAL's
 
 
-def test_cog_of_classes_and_instances_and_a_resumed_run(checkpoint, scene, tmp_path):  # noqa: F811
+def test_cog_of_classes_and_instances_and_a_resumed_run(checkpoint, scene, tmp_path):
     out, cog, report = tmp_path / "out.zarr", tmp_path / "labels.tif", tmp_path / "r.json"
     argv = [scene, out, "--checkpoint", checkpoint[1], "--chunk", 32, "--block", 64, "--tile", 92,
             "--objects", "--cog", cog, "--report", report]

@@ -10,17 +10,20 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 
 from unet.errors import UNetError
 from unet.infer.tiling import Reader
 
-if TYPE_CHECKING:
-    from unet.infer.predict import TilePredictor
-
 Span = tuple[int, int]
+
+
+class Windowed(Protocol):
+    """What ``input_window`` needs of a predictor (``TilePredictor`` has it)."""
+
+    def input_window(self, rows: Span, cols: Span) -> tuple[Span, Span]: ...
 
 
 @dataclass(frozen=True)
@@ -94,7 +97,7 @@ def mean_over_flips(flips: Sequence[Flip], shape: tuple[int, int], rows: Span, c
     return total
 
 
-def input_window(predictor: TilePredictor, flips: Sequence[Flip], shape: tuple[int, int], rows: Span,
+def input_window(predictor: Windowed, flips: Sequence[Flip], shape: tuple[int, int], rows: Span,
                  cols: Span) -> tuple[Span, Span]:
     """A window (image coordinates, may leave the image) whose mirrored box holds every pixel that the
     prediction of rows x cols reads under any of ``flips``: the union of each flip's tile inputs, mapped
