@@ -350,7 +350,7 @@ def test_negative_control_flipped_tiles_on_the_original_grid_differ():
     the comparison above can fail."""
     model = _model(4, base=6)
     image = _image((1, 61, 83))                                   # off the grid of 8 on both axes
-    sy, sx = (-n % model.grid for n in image.shape[1:])            # puts a mirror image on the original's grid
+    sy, sx = (-n % model.pooling_period for n in image.shape[1:])            # puts a mirror image on the original's grid
     wrong = 0
     for flip, (py, px) in zip(_FLIPS4, [(0, 0), (0, sx), (sy, 0), (sy, sx)]):
         padded = np.pad(np.ascontiguousarray(flip(image)), ((0, 0), (py, 0), (px, 0)), mode="reflect")
