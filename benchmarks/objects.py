@@ -38,7 +38,8 @@ def contour_model(seed: int):
 
     base = make_model(**BENCH_NET)
     torch.manual_seed(seed)
-    return UNet(1, 3, base.config.depth, base.config.base_channels, input=base.config.input).eval()
+    return UNet(num_classes=3, depth=base.config.depth, base_channels=base.config.base_channels,
+                input=base.config.input).eval()
 
 
 def save_contour_model(model, tmp: Path) -> None:
