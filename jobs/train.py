@@ -1,7 +1,9 @@
 """Train a U-Net on a folder of labelled images: `python jobs/train.py --data DIR --out CKPT [options]`.
 
 DIR holds images/ and masks/ with matching file stems (PNG, TIFF or NPY). The best checkpoint by validation
-foreground IoU is written to CKPT, with its metrics, the seed and a hash of the data.
+score (with --instances: the mean of object F1 and foreground IoU; else foreground IoU) is written to CKPT,
+with its metrics, the recipe it was trained with, the seed and a hash of the data. Without tuning flags
+the tile, batch and learning-rate schedule are chosen from the images and the budget (printed at the start).
 """
 
 from __future__ import annotations
@@ -32,10 +34,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     data.add_argument("--val-dir", type=Path, help="validation folder (images/, masks/) instead of a split")
     data.add_argument("--val-fraction", type=float, default=0.2, help="share of images held out; 0: none")
     data.add_argument("--instances", action="store_true",
-                      help="masks are instance labels (0 = background): train foreground vs background "
-                           "with gaps and border weights between touching instances")
+                      help="masks are instance labels (0 = background): train object interiors and boundaries "
+                           "(3 classes), with border weights between touching objects")
+    data.add_argument("--instance-method", choices=["contour", "components"], default="contour",
+                      help="with --instances: contour = interior and boundary classes, objects grown from "
+                           "the interiors; components = the 2-class recipe (foreground with gaps), objects "
+                           "= connected components")
     data.add_argument("--classes", type=int, help="number of classes (default: 2, or the class names')")
-    data.add_argument("--class-names", help="comma-separated, e.g. background,nucleus")
+    data.add_argument("--class-names", help="comma-separated, e.g. background,nucleus (with --instances: "
+                                            "background and object; default background,object)")
     data.add_argument("--pixel-size", type=float, help="pixel size of the training images, recorded in the "
                       "checkpoint so the job segments the input's nearest pyramid level (default: read from "
                       "TIFF/OME-TIFF metadata of the images when they have it)")
@@ -51,14 +58,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     model.add_argument("--batch-norm", dest="network.batch_norm", action="store_true")
     model.add_argument("--dropout", dest="network.dropout", type=float, default=NETWORK.dropout,
                        help="at the end of the contracting path")
-    model.add_argument("--tile", type=int, default=572, help="network input size of a training tile (px)")
+    model.add_argument("--tile", type=int, help="network input size of a training tile (px; default: the "
+                                                "smallest whose output covers the smallest image, <= 572)")
     opt = p.add_argument_group("optimisation")
-    opt.add_argument("--batch-size", type=int, default=1)
+    opt.add_argument("--batch-size", type=int, help="tiles per step (default: about 256 x 256 output px)")
+    opt.add_argument("--minutes", type=float, help="time budget: stop when it is spent, validation included "
+                                                   "(with --steps/--epochs: whichever ends first)")
     length = opt.add_mutually_exclusive_group()
-    length.add_argument("--steps", type=int, help="optimiser steps (default 1000 without --epochs)")
+    length.add_argument("--steps", type=int, help="optimiser steps (default 1000 without --epochs/--minutes)")
     length.add_argument("--epochs", type=float, help="passes over the training pixels")
     opt.add_argument("--optimizer", choices=["adam", "sgd"], default="adam", help="sgd: momentum as the paper")
-    opt.add_argument("--lr", type=float, help="learning rate (default: 1e-3 Adam, 1e-2 SGD)")
+    opt.add_argument("--lr", type=float, help="peak learning rate (default: 3e-3 Adam, 1e-2 SGD)")
+    opt.add_argument("--schedule", choices=["cosine", "constant"], default="cosine",
+                     help="cosine: 5%% warm-up, then decay to 0 over the budget (steps or minutes)")
     opt.add_argument("--momentum", type=float, default=0.99, help="SGD momentum")
     opt.add_argument("--weight-decay", type=float, default=0.0)
     opt.add_argument("--val-every", type=int, help="steps between validations (default: 20 per run)")
@@ -66,7 +78,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     opt.add_argument("--w0", type=float, default=10.0, help="border weight between touching instances")
     opt.add_argument("--sigma", type=float, default=5.0, help="border weight width (px)")
     opt.add_argument("--no-border-weights", action="store_true")
-    opt.add_argument("--no-class-balance", action="store_true")
+    balance = opt.add_mutually_exclusive_group()
+    balance.add_argument("--class-balance", action="store_true", dest="class_balance", default=None,
+                         help="weigh classes by inverse frequency (default: yes, except for contour targets)")
+    balance.add_argument("--no-class-balance", action="store_false", dest="class_balance")
     opt.add_argument("--dice", type=float, default=0.0, help="weight of a soft Dice term")
     run_ = p.add_argument_group("run")
     run_.add_argument("--seed", type=int, default=0)
@@ -77,8 +92,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def class_names(classes: int | None, names: str | None) -> tuple[str, ...]:
-    """The class names from --class-names, or generic ones for --classes."""
+def class_names(classes: int | None, names: str | None) -> tuple[str, ...] | None:
+    """The class names from --class-names, or generic ones for --classes (None: the default names)."""
+    if names is None and classes is None:
+        return None
     if names is None:
         n = classes or 2
         return ("background", "foreground") if n == 2 else ("background", *(f"class{i}" for i in range(1, n)))
@@ -89,14 +106,16 @@ def class_names(classes: int | None, names: str | None) -> tuple[str, ...]:
 
 
 def build_config(args: argparse.Namespace) -> TrainConfig:
-    loss = LossConfig(w0=args.w0, sigma=args.sigma, class_balance=not args.no_class_balance,
+    loss = LossConfig(w0=args.w0, sigma=args.sigma, class_balance=args.class_balance,
                       border_weights=not args.no_border_weights, dice=args.dice)
     network = {k.removeprefix("network."): v for k, v in vars(args).items() if k.startswith("network.")}
     return TrainConfig(
         data=args.data, out=args.out, val_dir=args.val_dir, val_fraction=args.val_fraction,
-        instances=args.instances, class_names=class_names(args.classes, args.class_names),
+        instances=args.instances, instance_method=args.instance_method,
+        class_names=class_names(args.classes, args.class_names),
         network=UNetConfig(**network), tile=args.tile, batch_size=args.batch_size,
-        steps=args.steps, epochs=args.epochs, optimizer=args.optimizer, lr=args.lr, momentum=args.momentum,
+        steps=args.steps, epochs=args.epochs, minutes=args.minutes, optimizer=args.optimizer, lr=args.lr,
+        schedule=args.schedule, momentum=args.momentum,
         weight_decay=args.weight_decay, val_every=args.val_every,
         augmentation=AugmentConfig().scaled(args.augment), loss=loss, seed=args.seed, device=args.device,
         resume=args.resume, progress=not args.quiet, pixel_size=args.pixel_size, pixel_unit=args.pixel_unit)

@@ -78,6 +78,10 @@ BAD_DATA = {  # (case: (make the folder, words the message must contain)); the R
                                                               np.zeros((64, 72), np.float32)),
                                  (root / "masks" / "img0.png").unlink()),
                    "expected integer labels, found dtype float32"),
+    "no object in any instance mask (--instances)": (  # a third item: options the case adds
+        lambda root: [write(root / sub / f"img{i}.png", np.zeros((30, 30), np.uint8))
+                      for sub in ("images", "masks") for i in range(3)],
+        "expected instance masks with at least one object", "--instances"),
 }
 
 
@@ -91,4 +95,6 @@ BAD_OPTIONS = [  # (options, words the message must contain); the README's bad-i
     (["--device", "tpu"], "device: expected cpu, cuda, cuda:N or auto, found 'tpu'"),
     (["--device", "cuda:99"], "device: cuda:99 requested, but torch finds"),
     (["--pixel-size", "0"], "--pixel-size: expected a pixel size > 0, found 0.0"),
+    (["--minutes", "0"], "expected minutes > 0, found 0"),
+    (["--minutes", "-2"], "expected minutes > 0, found -2"),
 ]

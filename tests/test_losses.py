@@ -14,7 +14,7 @@ from scipy import ndimage
 
 from unet.errors import UNetError
 from unet.train.losses import (NEGLIGIBLE, LossConfig, border_weights, class_frequency_weights, segmentation_loss,
-                         separate_instances, soft_dice_loss, weight_map, weighted_cross_entropy)
+                               separate_instances, soft_dice_loss, weighted_cross_entropy)
 
 
 def touching_pair() -> np.ndarray:
@@ -101,18 +101,6 @@ def test_class_frequency_weights_balance_the_classes():
     assert w[3] == 1.0                                            # absent class
     pixels = np.concatenate([m.ravel() for m in masks])
     assert w[pixels].mean() == pytest.approx(1.0)
-
-
-def test_weight_map_adds_the_border_term_only_with_instances():
-    instances = separate_instances(touching_pair())
-    mask = (instances > 0).astype(np.int64)
-    cw = class_frequency_weights([mask], 2)
-    plain = weight_map(mask, cw, None, LossConfig())
-    np.testing.assert_allclose(plain, cw[mask])
-    full = weight_map(mask, cw, instances, LossConfig())
-    np.testing.assert_allclose(full - plain, border_weights(instances), atol=1e-6)
-    np.testing.assert_allclose(weight_map(mask, cw, instances, LossConfig(border_weights=False)), plain)
-    assert (weight_map(mask, None, None, LossConfig()) == 1).all()
 
 
 def test_uniform_weights_give_the_plain_cross_entropy_and_scale_does_not_matter():

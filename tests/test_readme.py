@@ -28,7 +28,7 @@ def expected(heading: str) -> dict[str, str]:
     """{input: words its message must contain}, from the tests' tables."""
     if heading == "`jobs/segment.py`":
         return {name: words for name, _, words in BAD_INPUTS}
-    return {**{case: words for case, (_, words) in BAD_DATA.items()},
+    return {**{case: words for case, (_, words, *_) in BAD_DATA.items()},
             **{" ".join(options): words for options, words in BAD_OPTIONS}}
 
 

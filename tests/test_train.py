@@ -18,16 +18,18 @@ from unet import UNet, UNetConfig, load_checkpoint, predict_image, save_checkpoi
 from unet.cli import run
 from unet.errors import UNetError
 from unet.train.augment import AugmentConfig
-from unet.train.data import TileSampler, data_hash, input_contract, load_folder, make_sample
-from unet.train.loop import TrainConfig, fit, train
-from unet.train.metrics import score
+from unet.train.data import TileSampler, data_hash, input_contract, load_folder, make_sample, split_validation
+from unet.train.loop import SELECTION, BestCheckpoint, Budget, TrainConfig, fit, train
+from unet.train.metrics import ObjectScores, Scores, score
+from unet.train.recipe import MAX_TILE, WARMUP, Recipe, choose_batch, choose_tile
+from unet.train.targets import Targets, TileTargets
 
 ROOT = Path(__file__).resolve().parent.parent
 _spec = importlib.util.spec_from_file_location("train_job", ROOT / "jobs" / "train.py")
 train_job = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(train_job)
 
-TINY = ["--depth", "2", "--base-channels", "4", "--tile", "44", "--steps", "2", "--quiet"]
+TINY = ["--depth", "2", "--base-channels", "4", "--tile", "44", "--batch-size", "1", "--steps", "2", "--quiet"]
 
 
 @pytest.fixture(autouse=True)
@@ -82,7 +84,8 @@ def test_checkpoint_records_contract_metrics_seed_hash_and_class_names(tmp_path,
 
 def test_progress_bar_shows_loss_speed_and_the_latest_validation(tmp_path, capsys):
     config = TrainConfig(data=make_folder(tmp_path / "data", n=3), out=tmp_path / "m.safetensors",
-                         network=UNetConfig(depth=2, base_channels=4), tile=44, steps=4, lr=1e-2, val_every=1)
+                         network=UNetConfig(depth=2, base_channels=4), tile=44, batch_size=2, steps=4, lr=1e-2,
+                         val_every=1)
     history = train(config).history
     last = capsys.readouterr().err.strip().split("\r")[-1]       # the bar's final state
     shown = [f"val_iou={h['foreground_iou']:.3f}, val_dice={h['foreground_dice']:.3f}" for h in history[-2:]]
@@ -103,8 +106,8 @@ def test_data_hash_changes_with_any_pixel(tmp_path):
 def test_same_seed_same_model_and_best_checkpoint_kept(tmp_path):
     data = make_folder(tmp_path / "data", n=3)
     samples = load_folder(data, 2)
-    config = TrainConfig(data=data, out=tmp_path / "a.safetensors", network=UNetConfig(depth=2, base_channels=4), tile=44, steps=4,
-                         val_every=1, progress=False)
+    config = TrainConfig(data=data, out=tmp_path / "a.safetensors", network=UNetConfig(depth=2, base_channels=4),
+                         tile=44, batch_size=1, steps=4, val_every=1, progress=False)
     a = fit(config, samples[:2], samples[2:], "x")
     b = fit(replace(config, out=tmp_path / "b.safetensors"), samples[:2], samples[2:], "x")
     wa, wb = (load_checkpoint(p)[0].state_dict() for p in (a.checkpoint, b.checkpoint))
@@ -147,10 +150,109 @@ def test_instances_give_object_scores_and_val_folder(tmp_path):
 
 def test_epochs_set_the_number_of_steps(tmp_path):
     data = make_folder(tmp_path / "data", n=2, size=(40, 40))
-    config = TrainConfig(data=data, out=tmp_path / "m.safetensors", network=UNetConfig(depth=2, base_channels=4), tile=44,
-                         epochs=1.5, val_fraction=0, progress=False)
+    config = TrainConfig(data=data, out=tmp_path / "m.safetensors", network=UNetConfig(depth=2, base_channels=4),
+                         tile=44, batch_size=1, epochs=1.5, val_fraction=0, progress=False)
     result = train(config)
     assert result.steps == int(np.ceil(1.5 * 2 * 40 * 40 / 28**2))  # depth 2 valid: 44 in, 28 out
+
+
+# --- the time budget, the chosen recipe, the kept checkpoint ---------------------------------------------
+
+class FakeClock:
+    """A clock whose time the test sets."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def elapsed(self) -> float:
+        return self.now
+
+
+def test_a_time_budget_leaves_room_for_the_next_step_and_the_last_validation():
+    clock = FakeClock()
+    budget = Budget(clock, seconds=60.0)
+    budget.timed("step", 2.0)
+    budget.timed("validation", 5.0)
+    budget.timed("validation", 3.0)                               # the longest one is reserved
+    clock.now = 52.9
+    assert not budget.exhausted(step=10) and budget.fraction(10) == pytest.approx(52.9 / 60)
+    clock.now = 53.0
+    assert budget.exhausted(step=10)                              # 53 + 2 + 5 >= 60
+    steps = Budget(clock, steps=8)
+    assert not steps.exhausted(7) and steps.exhausted(8) and steps.fraction(2) == 0.25
+    both = Budget(clock, steps=100, seconds=100.0)                # whichever ends first
+    assert both.fraction(10) == pytest.approx(0.53) and both.fraction(90) == 0.9 and both.exhausted(100)
+
+
+def test_minutes_train_until_the_time_is_up_and_the_bar_shows_the_time_left(tmp_path, capsys):
+    data = make_folder(tmp_path / "data", n=3, instances=True)
+    out = tmp_path / "m.safetensors"
+    assert job("--data", str(data), "--out", str(out), "--depth", "2", "--base-channels", "4", "--instances",
+               "--minutes", "0.05") == 0
+    err = capsys.readouterr().err
+    assert "left of 0:03" in err and "training: tile" in err
+    _, meta = load_checkpoint(out)
+    assert meta["recipe"]["minutes"] == 0.05 and meta["recipe"]["steps"] is None
+    assert meta["history"][-1]["step"] >= meta["step"] >= 0       # the last step was validated
+    assert meta["train_config"]["minutes"] == 0.05
+
+
+def test_the_default_tile_covers_the_smallest_image_and_the_batch_fills_a_step():
+    model = UNet(depth=4, base_channels=4)
+    tile = choose_tile(model, [(256, 256), (300, 280)], None)
+    assert model.output_size(tile) >= 256 > model.output_size(model.round_input_size(tile - 1))
+    assert choose_tile(model, [(2000, 3000)], None) == model.round_input_size(MAX_TILE)
+    assert choose_tile(UNet(depth=5, base_channels=4), [(5000, 5000)], None) == 572
+    assert choose_tile(model, [(256, 256)], 188) == 188          # the user's choice stays
+    assert choose_batch(260, None) == 1 and choose_batch(64, None) == 16 and choose_batch(100, None) == 7
+    assert choose_batch(64, 3) == 3
+
+
+def test_the_learning_rate_warms_up_then_decays_to_zero_over_the_budget():
+    recipe = Recipe(tile=44, output=28, batch_size=1, lr=1e-3, schedule="cosine", steps=100, minutes=None)
+    rates = [recipe.lr_at(f) for f in np.linspace(0, 1, 101)]
+    peak = int(np.argmax(rates))
+    assert rates[peak] == pytest.approx(1e-3) and peak == round(100 * WARMUP)
+    assert all(np.diff(rates[:peak + 1]) > 0) and all(np.diff(rates[peak:]) <= 0) and rates[-1] == 0
+    assert Recipe(44, 28, 1, 1e-3, "constant", 100, None).lr_at(0.7) == 1e-3
+
+
+def test_the_recipe_is_printed_and_stored(tmp_path, capsys):
+    data = make_folder(tmp_path / "data", n=3, size=(64, 72))
+    out = tmp_path / "m.safetensors"
+    assert job("--data", str(data), "--out", str(out), "--depth", "2", "--base-channels", "4", "--steps", "2") == 0
+    line = next(l for l in capsys.readouterr().err.splitlines() if l.startswith("training: "))
+    _, meta = load_checkpoint(out)
+    recipe = meta["recipe"]
+    assert (recipe["tile"], recipe["output"]) == (80, 64)         # depth 2: output 64, the shorter side
+    assert recipe["batch_size"] == choose_batch(64, None) and recipe["schedule"] == "cosine"
+    assert f"tile {recipe['tile']} px" in line and f"batch {recipe['batch_size']}" in line
+    assert meta["selection"] == SELECTION["pixels"]
+
+
+def test_instance_checkpoints_are_kept_by_object_score_not_pixels_alone(tmp_path):
+    keeper = BestCheckpoint(tmp_path / "m.safetensors", {"class_names": ["background", "object", "boundary"]})
+    model = UNet(depth=2, base_channels=4, num_classes=3)
+    confusion = lambda fg_hit: np.array([[100, 0, 0], [100 - fg_hit, fg_hit, 0], [0, 0, 0]])   # noqa: E731
+    keeper.offer(model, 1, Scores(confusion(95), ObjectScores(tp=5, fp=5, fn=5)), loss=1.0)    # IoU .95, F1 .5
+    keeper.offer(model, 2, Scores(confusion(85), ObjectScores(tp=9, fp=1, fn=1)), loss=1.0)    # IoU .85, F1 .9
+    keeper.offer(model, 3, Scores(confusion(99), ObjectScores(tp=6, fp=4, fn=4)), loss=1.0)    # IoU .99, F1 .6
+    _, meta = load_checkpoint(tmp_path / "m.safetensors")
+    assert meta["step"] == 2 and [h["object_f1"] for h in meta["history"]] == [0.5, 0.9]
+
+
+def test_one_or_two_images_are_split_by_rows_not_held_out_whole():
+    rng = np.random.default_rng(0)
+    samples = [make_sample(f"img{i}", *disks(rng, 50, 40, touching=True), 2, instances=True) for i in range(2)]
+    train_set, val_set = split_validation(samples, 0.2, rng)
+    assert [s.name for s in val_set] == ["img0[40:50, :]", "img1[40:50, :]"]
+    for whole, a, b in zip(samples, train_set, val_set):
+        np.testing.assert_array_equal(np.concatenate([a.image, b.image], axis=1), whole.image)
+        np.testing.assert_array_equal(np.concatenate([a.instances, b.instances]), whole.instances)
+    wide = [make_sample("w", np.zeros((10, 30), np.uint8), np.zeros((10, 30), np.uint8), 2)]
+    assert split_validation(wide, 0.2, rng)[1][0].mask.shape == (10, 6)       # columns of a wide image
+    three = [make_sample(f"{i}", np.zeros((8, 8), np.uint8), np.zeros((8, 8), np.uint8), 2) for i in range(3)]
+    assert [len(part) for part in split_validation(three, 0.2, rng)] == [2, 1]  # whole images again
 
 
 # --- data and tiles ---------------------------------------------------------------------------------------
@@ -170,19 +272,22 @@ def test_images_in_every_format_and_layout(tmp_path, array, channels, suffix):
     assert sample.mask.dtype == np.int64 and (sample.mask == 1).all()
 
 
-def test_instance_masks_become_foreground_with_gaps(tmp_path):
+def test_instance_masks_become_interiors_and_boundaries_or_foreground_with_gaps(tmp_path):
     instances = np.zeros((10, 12), np.int32)
     instances[2:8, 1:6], instances[2:8, 6:11] = 700, 3          # touching, arbitrary labels
     sample = make_sample("x", np.zeros((10, 12), np.uint8), instances, 2, instances=True)
-    assert set(np.unique(sample.instances)) == {0, 1, 2}
-    assert (sample.mask[2:8, 5] == 0).all() and sample.mask.sum() == 2 * 30 - 6  # 700 > 3 gave way
+    assert set(np.unique(sample.instances)) == {0, 1, 2}         # renumbered, no gap: the truth as given
+    assert (sample.mask[2:8, 5:7] == 2).all() and (sample.mask[3:7, 2:5] == 1).all()   # contour (default)
+    gaps = make_sample("x", np.zeros((10, 12), np.uint8), instances, 2, instances=True,
+                       targets=Targets("components"))
+    assert (gaps.mask[2:8, 5] == 0).all() and gaps.mask.sum() == 2 * 30 - 6  # 700 > 3 gave way
 
 
 def identity_sampler(image: np.ndarray, mask: np.ndarray, tile: int, margins: tuple[int, int]) -> TileSampler:
     sample = make_sample("a", image, mask, int(mask.max()) + 1)
     contract = input_contract([sample.image])
-    return TileSampler([sample], [np.ones(mask.shape, np.float32)], replace(contract, offset=(0.0,), scale=(1.0,)),
-                       tile, margins, AugmentConfig().scaled(0))
+    return TileSampler([sample], [np.zeros(mask.shape, np.float32)], replace(contract, offset=(0.0,), scale=(1.0,)),
+                       tile, margins, AugmentConfig().scaled(0), TileTargets(Targets("classes")))
 
 
 @pytest.mark.parametrize("shape", [(50, 61), (7, 5), (1, 1)])
@@ -206,8 +311,8 @@ def test_tiles_are_normalised_with_the_contract():
     image = np.random.default_rng(0).integers(0, 255, (60, 60)).astype(np.uint8)
     sample = make_sample("a", image, np.zeros((60, 60), np.uint8), 2)
     contract = input_contract([sample.image])
-    sampler = TileSampler([sample], [np.ones((60, 60), np.float32)], contract, 44, (8, 8),
-                          AugmentConfig().scaled(0))
+    sampler = TileSampler([sample], [np.zeros((60, 60), np.float32)], contract, 44, (8, 8),
+                          AugmentConfig().scaled(0), TileTargets(Targets("classes")))
     tile, _, _ = sampler.sample(np.random.default_rng(1))
     assert abs(tile.mean()) < 0.2 and 0.8 < tile.std() < 1.2
     assert contract.offset[0] == pytest.approx(image.mean()) and contract.scale[0] == pytest.approx(image.std())
@@ -217,12 +322,12 @@ def test_tiles_are_normalised_with_the_contract():
 
 @pytest.mark.parametrize("case", BAD_DATA)
 def test_bad_data_is_one_line_and_exit_2(tmp_path, capsys, case):
-    prepare, message = BAD_DATA[case]
+    prepare, message, *options = BAD_DATA[case]
     root = tmp_path / "data"
     prepare(root)
     previous = tmp_path / "m.safetensors"
     previous.write_bytes(b"an earlier checkpoint")
-    assert job("--data", str(root), "--out", str(previous), *TINY) == 2
+    assert job("--data", str(root), "--out", str(previous), *TINY, *options) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and message in err
     assert previous.read_bytes() == b"an earlier checkpoint"              # left intact

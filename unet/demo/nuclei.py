@@ -33,28 +33,31 @@ class _Nuclei:
 
 
 def nuclei_scene(shape: tuple[int, int], rng: Seed, *, density: float = 0.25,
-                 radius: tuple[float, float] = (6, 14), touching: float = 0.4,
-                 dtype: type = np.uint8) -> Scene:
+                 radius: tuple[float, float] = (6, 14), touching: float = 0.4, brightness: float = 1.0,
+                 blur: tuple[float, float] = (1.0, 1.6), dtype: type = np.uint8) -> Scene:
     """A fluorescence micrograph of nuclei: ellipses of varied size, orientation, brightness and texture.
 
     ``density`` is about the fraction of the area covered by nuclei; ``radius`` the range of the semi-major axis
     (the semi-minor one is 0.6-1.0 of it); ``touching`` the fraction of nuclei placed against another one,
     which forms pairs and small clusters that touch or slightly overlap (a later label lies on top).
-    The image is blurred by a Gaussian PSF, lit unevenly (a smooth field and vignetting), has background
-    autofluorescence, shot noise (a Gaussian of the Poisson variance) and read noise; ``dtype`` is np.uint8
-    or np.uint16, the brightest nuclei saturate.
+    The image is blurred by a Gaussian PSF (its sigma drawn from ``blur``, pixels), lit unevenly (a smooth
+    field and vignetting), has background autofluorescence, shot noise (a Gaussian of the Poisson variance)
+    and read noise; ``brightness`` scales the photons of the nuclei (0.5: half the signal, a noisier
+    image); ``dtype`` is np.uint8 or np.uint16, the brightest nuclei saturate.
     """
     shape = check_shape(shape)
     check_range("density", density, 1e-6, 1.0)
     check_range("touching", touching, 0.0, 1.0)
-    if not 0 < radius[0] <= radius[1]:
-        raise UNetError(f"radius: expected (min, max) with 0 < min <= max, found {radius!r}")
+    check_range("brightness", brightness, 0.01, 100.0)
+    for name, (lo, hi) in (("radius", radius), ("blur", blur)):
+        if not 0 < lo <= hi:
+            raise UNetError(f"{name}: expected (min, max) with 0 < min <= max, found {(lo, hi)!r}")
     if np.dtype(dtype) not in (np.uint8, np.uint16):
         raise UNetError(f"dtype: expected np.uint8 or np.uint16, found {np.dtype(dtype)}")
     rng = np.random.default_rng(rng)
     nuclei = _place_nuclei(shape, rng, density, radius, touching)
     instances, clean = _paint_nuclei(shape, nuclei)
-    image = _fluorescence(clean, rng, dtype)
+    image = _fluorescence(clean * np.float32(brightness), rng, dtype, blur)
     return Scene(image, ground_truth(instances), instances, ("background", "nucleus"))
 
 
@@ -144,11 +147,11 @@ def _nucleus_stamps(shape, nuclei: _Nuclei, batch: slice):
     return flat, (batch.start + n + 1).astype(np.uint32), value.astype(np.float32)
 
 
-def _fluorescence(clean, rng, dtype):
+def _fluorescence(clean, rng, dtype, blur):
     """Camera image of a noise-free intensity map: PSF, illumination, autofluorescence, shot and read noise."""
     # Whole-image steps work in place on few buffers: allocating large arrays is a large part of the time.
     shape = clean.shape
-    photons = ndimage.gaussian_filter(clean, rng.uniform(1.0, 1.6), truncate=3.0)    # (H, W) PSF
+    photons = ndimage.gaussian_filter(clean, rng.uniform(*blur), truncate=3.0)        # (H, W) PSF
     scratch = affine(smooth_noise(shape, rng, cell=max(shape) / 8), 0.06, 0.025)    # autofluorescence
     photons += scratch
     illumination = affine(smooth_noise(shape, rng, cell=max(shape) / 2), 1.0, 0.2)

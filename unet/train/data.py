@@ -3,8 +3,8 @@ input normalisation, and random training tiles.
 
 Files are PNG, TIFF or NPY. A 2-D image is one channel; a 3-D one is channels-last when its last axis is
 not longer than its first (PNG and most TIFFs: (H, W, C)), channels-first otherwise ((C, H, W)). Masks are
-2-D integer class indices, or instance labels (0 = background) from which the foreground class is derived
-with a one-pixel background gap between touching instances.
+2-D integer class indices, or instance labels (0 = background) from which the class targets are derived
+(``unet.train.targets``: by default interior and boundary classes).
 
 Images smaller than a tile are mirrored (numpy's "reflect"), the same way prediction pads an image's
 borders, so any image size can be trained on.
@@ -26,15 +26,15 @@ from unet.errors import UNetError
 from unet.infer.tiling import read_mirrored
 from unet.nn.config import InputContract
 from unet.train.augment import AugmentConfig, augment
-from unet.train.losses import separate_instances
+from unet.train.targets import Targets, TileTargets
 
 SUFFIXES = (".png", ".tif", ".tiff", ".npy")
 
 
 @dataclass(frozen=True)
 class Sample:
-    """One labelled image: image (C, H, W) in the file's dtype, mask (H, W) int64 class indices and, for
-    instance data, the instance labels (H, W) int64 1..n with the gaps drawn; ``sha256`` of both files."""
+    """One labelled image: image (C, H, W) in the file's dtype, mask (H, W) int64 class targets and, for
+    instance data, the instance labels (H, W) int64 1..n the targets come from; ``sha256`` of both files."""
 
     name: str
     image: np.ndarray
@@ -87,10 +87,11 @@ def load_sample(name: str, image_path: Path, mask_path: Path, num_classes: int, 
 
 
 def make_sample(name: str, image: np.ndarray, mask: np.ndarray, num_classes: int, instances: bool = False,
-                sha256: str | None = None, sources: tuple[str | Path, str | Path] | None = None) -> Sample:
+                sha256: str | None = None, sources: tuple[str | Path, str | Path] | None = None,
+                targets: Targets = Targets()) -> Sample:
     """Check an image (H, W), (H, W, C) or (C, H, W) and its mask and convert them to a Sample; instance
-    masks get their gaps and become foreground masks. ``sha256`` defaults to a hash of the arrays and
-    ``sources`` (named in error messages) to ``name``."""
+    masks are renumbered and get their class targets from ``targets`` (training re-derives them with its
+    own). ``sha256`` defaults to a hash of the arrays and ``sources`` (named in error messages) to ``name``."""
     image_source, mask_source = sources or (name, name)
     image, mask = (np.asarray(a, np.uint8) if np.asarray(a).dtype == bool else np.asarray(a) for a in (image, mask))
     sha256 = sha256 or _array_hash(image, mask)
@@ -100,10 +101,9 @@ def make_sample(name: str, image: np.ndarray, mask: np.ndarray, num_classes: int
         bad = int((~np.isfinite(image)).sum())
         raise UNetError(f"image {image_source}: expected finite values, found NaN or infinity at {bad} pixels; "
                         "fill them before training")
-    if not instances:
-        return Sample(name, image, mask.astype(np.int64), None, sha256)
-    labels = separate_instances(relabel(mask))
-    return Sample(name, image, np.asarray(labels > 0, np.int64), labels, sha256)
+    labels = relabel(mask) if instances else None
+    mask = targets.classes(labels) if labels is not None else mask.astype(np.int64)
+    return Sample(name, image, mask, labels, sha256)
 
 
 def _array_hash(*arrays: np.ndarray) -> str:
@@ -176,16 +176,43 @@ def relabel(instances: np.ndarray) -> np.ndarray:
 
 def split_validation(samples: Sequence[Sample], fraction: float,
                      rng: np.random.Generator) -> tuple[list[Sample], list[Sample]]:
-    """A random ``fraction`` of the samples (at least one when fraction > 0) for validation, the rest for
-    training; at least one sample must stay for training."""
+    """A random ``fraction`` of the samples for validation, the rest for training; at least one sample
+    must stay for training. When the fraction rounds to no whole image (one or two images at the default
+    0.2), that fraction of every image is held out instead: see ``hold_out_strips``."""
     n_val = int(round(fraction * len(samples))) if fraction > 0 else 0
-    n_val = max(n_val, 1) if fraction > 0 else 0
+    if fraction > 0 and n_val == 0:
+        return hold_out_strips(samples, fraction)
     if n_val >= len(samples):
         raise UNetError(f"validation split: {fraction:g} of {len(samples)} image(s) leaves none for training; "
                         "add images, lower --val-fraction, or pass --val-dir")
     order = rng.permutation(len(samples))
     val = set(order[:n_val].tolist())
     return ([s for i, s in enumerate(samples) if i not in val], [s for i, s in enumerate(samples) if i in val])
+
+
+def hold_out_strips(samples: Sequence[Sample], fraction: float) -> tuple[list[Sample], list[Sample]]:
+    """Each image cut across its longer axis: the last ``fraction`` of it (at least one pixel) for
+    validation, the rest for training. No label of a validation strip is trained on."""
+    train, val = [], []
+    for s in samples:
+        axis = int(s.mask.shape[1] > s.mask.shape[0])           # 0: rows, 1: columns
+        n = s.mask.shape[axis]
+        if n < 2:
+            raise UNetError(f"validation split: image {s.name} is {n} pixel(s) across, too small to hold out "
+                            f"{fraction:g} of it; pass --val-dir or --val-fraction 0")
+        cut = n - min(n - 1, max(1, round(fraction * n)))
+        train.append(_part(s, axis, 0, cut))
+        val.append(_part(s, axis, cut, n))
+    return train, val
+
+
+def _part(s: Sample, axis: int, start: int, stop: int) -> Sample:
+    """Rows (axis 0) or columns (axis 1) ``start:stop`` of a sample, named after them."""
+    index = (slice(start, stop), slice(None)) if axis == 0 else (slice(None), slice(start, stop))
+    name = f"{s.name}[{start}:{stop}, :]" if axis == 0 else f"{s.name}[:, {start}:{stop}]"
+    instances = None if s.instances is None else s.instances[index]
+    digest = hashlib.sha256(f"{s.sha256}{name}".encode()).hexdigest()
+    return Sample(name, s.image[(slice(None), *index)], s.mask[index], instances, digest)
 
 
 def data_hash(samples: Sequence[Sample]) -> str:
@@ -215,11 +242,14 @@ def input_contract(images: Sequence[np.ndarray]) -> InputContract:
 
 class TileSampler:
     """Random training tiles: the normalised, augmented input (C, T, T) and the target and weights of its
-    output (h, w), the centre of the tile cropped by the network's margins."""
+    output (h, w), the centre of the tile cropped by the network's margins. Each sample's labels (its
+    instances, else its class mask) and ``border`` weights (H, W) are augmented with the image, and
+    ``targets`` turns them into the tile's class target and weights."""
 
-    def __init__(self, samples: Sequence[Sample], weights: Sequence[np.ndarray], contract: InputContract,
-                 tile: int, margins: tuple[int, int], augmentation: AugmentConfig):
-        self.samples, self.weights = list(samples), list(weights)
+    def __init__(self, samples: Sequence[Sample], border: Sequence[np.ndarray], contract: InputContract,
+                 tile: int, margins: tuple[int, int], augmentation: AugmentConfig, targets: TileTargets):
+        self.samples, self.border, self.targets = list(samples), list(border), targets
+        self.labels = [s.instances if s.instances is not None else s.mask for s in self.samples]
         self.tile, self.margins, self.augmentation = tile, margins, augmentation
         self.out = tile - margins[0] - margins[1]
         self.offset = np.asarray(contract.offset, np.float32)[:, None, None]   # (C, 1, 1)
@@ -240,10 +270,11 @@ class TileSampler:
         h, w = self.samples[i].mask.shape
         oy, ox = (int(rng.integers(min(0, n - self.out), max(0, n - self.out) + 1)) for n in (h, w))
         window = self._window(i, oy - self.margins[0] - self.context, ox - self.margins[0] - self.context)
-        image, mask, weights = augment(*window, rng, self.augmentation, crop=self.context)  # (C, T, T), ...
-        assert weights is not None, "a weight map goes in, so one comes out"
-        target = (slice(self.margins[0], self.margins[0] + self.out),) * 2
-        return image, mask[target], weights[target]             # (C, T, T), (h, w), (h, w)
+        image, labels, border = augment(*window, rng, self.augmentation, crop=self.context)  # (C, T, T), ...
+        assert border is not None, "a weight map goes in, so one comes out"
+        target, weights = self.targets(labels, border)          # (T, T) each
+        keep = (slice(self.margins[0], self.margins[0] + self.out),) * 2
+        return image, target[keep], weights[keep]               # (C, T, T), (h, w), (h, w)
 
     def batch(self, rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``size`` tiles stacked: (B, C, T, T) float32, (B, h, w) int64, (B, h, w) float32."""
@@ -255,6 +286,6 @@ class TileSampler:
         s, n = self.samples[i], self.tile + 2 * self.context
         shape, rows, cols = s.mask.shape, (y, y + n), (x, x + n)
         image = read_mirrored(lambda r, c: s.image[:, r, c], shape, rows, cols)         # (C, n, n)
-        mask, weights = (read_mirrored(lambda r, c: a[None, r, c], shape, rows, cols)[0]
-                         for a in (s.mask, self.weights[i]))                           # (n, n) each
-        return (image.astype(np.float32) - self.offset) / self.scale, mask, weights
+        labels, border = (read_mirrored(lambda r, c: a[None, r, c], shape, rows, cols)[0]
+                          for a in (self.labels[i], self.border[i]))                   # (n, n) each
+        return (image.astype(np.float32) - self.offset) / self.scale, labels, border

@@ -24,12 +24,13 @@ NEGLIGIBLE = 1e-3      # border weights below this fraction of w0 are left out (
 
 @dataclass(frozen=True)
 class LossConfig:
-    """w0 and sigma (pixels) of the border term; whether to balance class frequencies and to add border
-    weights (instance masks only); and the weight of an optional soft Dice term (0 = none)."""
+    """w0 and sigma (pixels) of the border term; whether to balance class frequencies (None: yes, except
+    for the contour recipe, whose rare boundary class would be over-predicted) and to add border weights
+    (instance masks only); and the weight of an optional soft Dice term (0 = none)."""
 
     w0: float = 10.0
     sigma: float = 5.0
-    class_balance: bool = True
+    class_balance: bool | None = None
     border_weights: bool = True
     dice: float = 0.0
 
@@ -84,15 +85,6 @@ def class_frequency_weights(masks: Sequence[np.ndarray], num_classes: int) -> np
     present = counts > 0
     weights = np.ones(num_classes)
     weights[present] = counts.sum() / (present.sum() * counts[present])
-    return weights
-
-
-def weight_map(mask: np.ndarray, class_weights: np.ndarray | None, instances: np.ndarray | None,
-               config: LossConfig) -> np.ndarray:
-    """The paper's per-pixel weights (H, W) float32: w_c(mask) plus, with instances, the border term."""
-    weights = (class_weights[mask] if class_weights is not None else np.ones(mask.shape)).astype(np.float32)
-    if instances is not None and config.border_weights and config.w0 > 0:
-        weights += border_weights(instances, config.w0, config.sigma)
     return weights
 
 

@@ -1,5 +1,6 @@
 """Segmentation scores: IoU and Dice per class from a confusion matrix, and object-level precision, recall
-and F1 at IoU 0.5 after connected-component labelling of the predicted foreground.
+and F1 at IoU 0.5 of the predicted objects (by default the connected components of the predicted
+foreground).
 
 Scores add up (``a + b``) so that a validation set is scored as one pooled image. A ratio whose denominator
 is 0 counts as 1: nothing was there to get wrong (an absent class predicted nowhere has IoU 1).
@@ -104,23 +105,38 @@ def confusion_matrix(pred: np.ndarray, target: np.ndarray, num_classes: int) -> 
 
 
 def match_objects(pred_foreground: np.ndarray, instances: np.ndarray, threshold: float = MATCH_IOU) -> ObjectScores:
-    """Label the predicted foreground's connected components (4-connected) and match them one-to-one to
-    the true instances (labels > 0) with IoU > ``threshold``; above 0.5 a match is necessarily unique."""
+    """Label the predicted foreground's connected components (4-connected) and match them to the true
+    instances (see ``match_instances``)."""
+    return match_instances(ndimage.label(pred_foreground)[0], instances, threshold)
+
+
+def match_instances(predicted: np.ndarray, instances: np.ndarray, threshold: float = MATCH_IOU) -> ObjectScores:
+    """Match predicted objects (labels > 0) one-to-one to the true instances (labels > 0) with IoU >
+    ``threshold``; above 0.5 a match is necessarily unique."""
     if threshold < 0.5:
         raise UNetError(f"object matching: expected an IoU threshold >= 0.5 (unique matches), found {threshold}")
-    predicted, n_pred = ndimage.label(pred_foreground)         # (H, W) 1..n_pred
-    ids = np.unique(instances[instances > 0])
-    truth = np.where(instances > 0, np.searchsorted(ids, instances) + 1, 0)  # (H, W) 1..n_true
-    both = (truth > 0) & (predicted > 0)
-    codes, inter = np.unique(truth[both] * (n_pred + 1) + predicted[both], return_counts=True)
+    pred, n_pred = _renumber(predicted)                         # (H, W) 1..n_pred
+    truth, n_true = _renumber(instances)                        # (H, W) 1..n_true
+    both = (truth > 0) & (pred > 0)
+    codes, inter = np.unique(truth[both] * (n_pred + 1) + pred[both], return_counts=True)
     t, p = np.divmod(codes, n_pred + 1)                         # overlapping pairs only: sparse
-    true_area = np.bincount(truth.ravel(), minlength=len(ids) + 1)
-    pred_area = np.bincount(predicted.ravel(), minlength=n_pred + 1)
+    true_area = np.bincount(truth.ravel(), minlength=n_true + 1)
+    pred_area = np.bincount(pred.ravel(), minlength=n_pred + 1)
     tp = int((inter > threshold * (true_area[t] + pred_area[p] - inter)).sum())
-    return ObjectScores(tp=tp, fp=n_pred - tp, fn=len(ids) - tp)
+    return ObjectScores(tp=tp, fp=n_pred - tp, fn=n_true - tp)
 
 
-def score(pred: np.ndarray, target: np.ndarray, num_classes: int, instances: np.ndarray | None = None) -> Scores:
-    """Scores of a predicted label image against the true one; object scores when ``instances`` is given."""
-    objects = None if instances is None else match_objects(pred > 0, instances)
-    return Scores(confusion_matrix(pred, target, num_classes), objects)
+def _renumber(labels: np.ndarray) -> tuple[np.ndarray, int]:
+    """Labels (H, W) int64 renumbered 1..n in order of their values, 0 kept; and n."""
+    ids = np.unique(labels[labels > 0])
+    return np.where(labels > 0, np.searchsorted(ids, labels) + 1, 0), len(ids)
+
+
+def score(pred: np.ndarray, target: np.ndarray, num_classes: int, instances: np.ndarray | None = None,
+          predicted_objects: np.ndarray | None = None) -> Scores:
+    """Scores of a predicted label image against the true one; object scores when ``instances`` is given,
+    of ``predicted_objects`` (labels, 0 = none) or else of the predicted foreground's connected components."""
+    if instances is None:
+        return Scores(confusion_matrix(pred, target, num_classes))
+    found = predicted_objects if predicted_objects is not None else ndimage.label(pred > 0)[0]
+    return Scores(confusion_matrix(pred, target, num_classes), match_instances(found, instances))
