@@ -50,13 +50,14 @@ def save_contour_model(model, tmp: Path) -> None:
                     instance_method=InstanceMethod().to_metadata())
 
 
-def run_once(mosaic: Path, checkpoint: Path, tmp: Path, block: int, tile: int, objects: bool) -> dict:
+def run_once(mosaic: Path, checkpoint: Path, tmp: Path, block: int, tile: int, objects: bool,
+             input_range: tuple[float, float] | None = None) -> dict:
     """One in-process run of the job; its wall time (driver included: merge, table) and object counts."""
     from unet import SegmentOptions, segment
 
     out = tmp / "out.zarr"
     options = SegmentOptions.of(mosaic, out, checkpoint, chunk=CHUNK, block=block, tile=tile, progress=False,
-                                objects=objects)
+                                objects=objects, input_range=input_range)
     started = time.perf_counter()
     report = segment(options)
     if not report.complete:
@@ -76,6 +77,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seed", type=int, help="seed of the untrained model (default 4: about 5000 objects per "
                                             "Mpx on the nuclei scene; 0 gives speckle)")
     p.add_argument("--contour", action="store_true", help="a 3-class contour model (default seed 0)")
+    p.add_argument("--checkpoint", type=Path, help="a trained checkpoint instead of an untrained network "
+                                                   "(a uint16 one reads the uint8 mosaic rescaled)")
     p.add_argument("--out", type=Path, help="JSON results (default benchmarks/results/objects.json, or "
                                             "objects-contour.json with --contour)")
     a = p.parse_args(argv)
@@ -88,23 +91,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     import torch
 
     torch.manual_seed(seed)  # the object count depends on the (untrained) model: the same every run
-    model = contour_model(seed) if a.contour else make_model(**BENCH_NET)
+    if a.checkpoint:
+        from unet.nn.checkpoint import load_checkpoint
+
+        model = load_checkpoint(a.checkpoint)[0]
+    else:
+        model = contour_model(seed) if a.contour else make_model(**BENCH_NET)
     tile = aligned_tile(model, 512)
+    input_range = (0.0, 255.0) if model.config.input.dtype != "uint8" else None
     runs = []
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)
         mosaic = tmp / "mosaic.zarr"
         write_mosaic(mosaic, mosaic_side(a.size))
-        (save_contour_model if a.contour else save_model)(model, tmp)
+        checkpoint = a.checkpoint or checkpoint_path(model, tmp)
+        if not a.checkpoint:
+            (save_contour_model if a.contour else save_model)(model, tmp)
         for _ in range(a.repeats):
             for objects in (False, True):
-                runs.append(run_once(mosaic, checkpoint_path(model, tmp), tmp, a.block, tile, objects))
+                runs.append(run_once(mosaic, checkpoint, tmp, a.block, tile, objects, input_range))
                 print(json.dumps(runs[-1]), file=sys.stderr)
     ray.shutdown()
     plain = statistics.median(r["job_seconds"] for r in runs if not r["objects"])
     with_objects = statistics.median(r["job_seconds"] for r in runs if r["objects"])
     result = {"machine": machine(), "mpx": mosaic_side(a.size) ** 2 / 1e6, "block": a.block, "tile": tile, "seed": seed,
-              "model": "contour (3 classes, grow 3)" if a.contour else "2 classes", "runs": runs,
+              "model": (f"trained {a.checkpoint.name}" if a.checkpoint else
+                        "contour (3 classes, grow 3)" if a.contour else "2 classes"), "runs": runs,
               "ratio": with_objects / plain}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
