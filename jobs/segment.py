@@ -5,8 +5,13 @@ On a cluster: `ray submit cluster.yaml jobs/segment.py -- INPUT OUTPUT --checkpo
 
 import sys
 
-from unet.api import main
-from unet.cli import run
+from unet.job import startup
+
+if __name__ == "__main__":
+    startup.begin(sys.argv[1:])  # Ray comes up while the driver imports torch and validates the inputs
+
+from unet.api import main  # noqa: E402
+from unet.cli import run  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(run(main))

@@ -13,6 +13,15 @@ import zarr
 from unet import UNet, save_checkpoint
 
 
+@pytest.fixture(scope="session", autouse=True)
+def calibration_cache(tmp_path_factory):
+    """The tiles' calibrations (``unet.infer.calibrate``) go to a cache of this session, not the user's;
+    set before the Ray cluster starts, so that its workers inherit it."""
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("UNET_CACHE_DIR", str(tmp_path_factory.mktemp("calibration-cache")))
+        yield
+
+
 @pytest.fixture(scope="session")
 def ray_cluster():
     """A real local Ray cluster with 2 CPUs, shared by every test that needs one."""

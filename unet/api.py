@@ -15,6 +15,7 @@ from unet.cli import EXIT_OK
 from unet.infer.predict import SAME_PADDED_TTA
 from unet.io.cog import check_cog_destination
 from unet.io.urls import resolve_storage_options
+from unet.job import startup
 from unet.job.actor import BlockRunner
 from unet.job.cog import write_cogs
 from unet.job.driver import run_jobs
@@ -29,11 +30,13 @@ def segment(options: SegmentOptions) -> Report:
     """Segment every INPUT -> OUTPUT pair of ``options`` (resuming unfinished outputs) and return the
     report; with ``dry_run``, print the plan instead and run nothing. Bad input raises ``UNetError``
     before anything is written."""
+    startup.restart()
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     checkpoint = read_checkpoint(options)
     if options.tta > 1 and checkpoint.model.config.padding != "valid":
         print(f"unet: {SAME_PADDED_TTA}", file=sys.stderr)
     jobs = prepare_jobs(options, checkpoint)
+    startup.mark("checkpoint and inputs validated")
     if options.dry_run:
         print_plan(jobs, checkpoint.model, options)
         return build_report(jobs, None)
@@ -42,6 +45,7 @@ def segment(options: SegmentOptions) -> Report:
     todo = [job for job in jobs if not job.complete]
     for job in todo:
         resume(job)
+    startup.mark("outputs checked")
     stats = run_jobs(todo, options, checkpoint.data, checkpoint.class_names,
                      provenance(options, checkpoint.model, checkpoint.sha256, started), BlockRunner) if todo else None
     for job in jobs:

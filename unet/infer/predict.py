@@ -8,6 +8,7 @@ its tiles overlap by a halo and keep their centres.
 from __future__ import annotations
 
 import contextlib
+import copy
 import heapq
 import itertools
 import threading
@@ -56,23 +57,38 @@ class TilePredictor:
             self.model = self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.network = torch.compile(self.model) if compile else self.model
         self.pooling_period = model.pooling_period
-        budget = memory_budget or _memory_budget(self.device)
-        self.tile = self._choose_tile(model, budget, image_shape) if tile is None else self._check_tile(model, tile)
-        if model.config.padding == "valid":
-            self.before, self.keep_offset = model.margin, 0
-            self.out_tile = model.output_size(self.tile)
-        else:  # same padding: drop a halo of context on each side of every tile
-            self.before = self.keep_offset = _same_halo(model, self.tile)
-            self.out_tile = self.tile - 2 * self.before
+        self.memory_budget = memory_budget or _memory_budget(self.device)
         self._lock = OldestFirst()
         self._spent = threading.local()                          # forward time of each calling thread
-        # GPUs get batches of tiles sized to memory; on a CPU one tile a pass was measured fastest (4.5 Mpx/s
-        # against 2.4 for batches of 5 on the 16-filter network: bigger activations fall out of cache)
-        per_tile = _activation_bytes(model, self.tile)
-        self.batch_size = batch_size or (max(1, min(budget // per_tile, 64)) if cuda else 1)
+        self._host = threading.local()                           # per thread: a pinned staging buffer (GPU)
+        self._set_geometry(self._choose_tile(model, self.memory_budget, image_shape) if tile is None else tile,
+                           batch_size)
         contract = model.config.input
         self._offset = torch.tensor(contract.offset, dtype=torch.float32, device=self.device).view(-1, 1, 1)
         self._scale = torch.tensor(contract.scale, dtype=torch.float32, device=self.device).view(-1, 1, 1)
+
+    def _set_geometry(self, tile: int, batch_size: int | None) -> None:
+        self.tile = self._check_tile(self.model, tile)
+        if self.config.padding == "valid":
+            self.before, self.keep_offset = self.model.margin, 0
+            self.out_tile = self.model.output_size(self.tile)
+        else:  # same padding: drop a halo of context on each side of every tile
+            self.before = self.keep_offset = _same_halo(self.model, self.tile)
+            self.out_tile = self.tile - 2 * self.before
+        # GPUs get batches of tiles sized to memory; on a CPU one tile a pass was measured fastest (4.5 Mpx/s
+        # against 2.4 for batches of 5 on the 16-filter network: bigger activations fall out of cache)
+        cuda = self.device.type == "cuda"
+        self.batch_size = batch_size or (max(1, min(self.memory_budget // self.activation_bytes(self.tile), 64))
+                                         if cuda else 1)
+
+    def with_geometry(self, tile: int, batch_size: int | None = None) -> TilePredictor:
+        """The same network on the same device (and the same device lock) with another tile and batch."""
+        other = copy.copy(self)
+        other._set_geometry(tile, batch_size)
+        return other
+
+    def activation_bytes(self, tile: int) -> int:
+        return _activation_bytes(self.model, tile)
 
     # -- tile choice --------------------------------------------------------------------------------
     @staticmethod
@@ -93,8 +109,7 @@ class TilePredictor:
     @staticmethod
     def _choose_tile(model: UNet, budget: int, image_shape: tuple[int, int] | None) -> int:
         """The largest valid tile within the memory budget, no larger than the image needs."""
-        candidates = [n for n in model.valid_input_sizes(1, MAX_AUTO_TILE)
-                      if _out_size(model, n) >= model.pooling_period]
+        candidates = [n for n, _ in tile_outputs(model, MAX_AUTO_TILE)]
         fitting = [n for n in candidates if _activation_bytes(model, n) <= budget] or candidates[:1]
         if image_shape is not None:
             need = max(image_shape)
@@ -109,18 +124,18 @@ class TilePredictor:
         """Softmax probabilities (classes, h, w), float32, for the output rectangle rows x cols of an
         image of ``shape`` that ``read`` gives access to."""
         out = np.empty((self.config.num_classes, rows[1] - rows[0], cols[1] - cols[0]), np.float32)
-        return self._predict_into(out, lambda probs: probs, read, shape, rows, cols)
+        return self._predict_into(out, False, read, shape, rows, cols)
 
     def predict_classes(self, read: Reader, shape: tuple[int, int], rows: tuple[int, int],
                         cols: tuple[int, int]) -> np.ndarray:
-        """``class_index`` of ``predict_region``, (h, w) uint8, taken tile by tile: no float copy of the
-        region is ever made (8x less memory traffic with 2 classes)."""
+        """``class_index`` of ``predict_region``, (h, w) uint8, taken on the device tile by tile: no float
+        copy of the region is ever made, and only one byte per pixel leaves the device."""
         out = np.empty((1, rows[1] - rows[0], cols[1] - cols[0]), np.uint8)
-        return self._predict_into(out, lambda probs: class_index(probs)[None], read, shape, rows, cols)[0]
+        return self._predict_into(out, True, read, shape, rows, cols)[0]
 
-    def _predict_into(self, out: np.ndarray, keep, read: Reader, shape: tuple[int, int], rows: tuple[int, int],
-                      cols: tuple[int, int]) -> np.ndarray:
-        """Paste ``keep`` of each tile's probabilities (K, n, n) into ``out`` (., h, w)."""
+    def _predict_into(self, out: np.ndarray, classes: bool, read: Reader, shape: tuple[int, int],
+                      rows: tuple[int, int], cols: tuple[int, int]) -> np.ndarray:
+        """Paste each tile's probabilities (K, n, n), or its classes (1, n, n), into ``out`` (., h, w)."""
         ys = tile_origins(*rows, self.out_tile, self.pooling_period)
         xs = tile_origins(*cols, self.out_tile, self.pooling_period)
         wy, wx = ys[0] - self.before, xs[0] - self.before      # window origin in image coordinates
@@ -131,9 +146,9 @@ class TilePredictor:
             tiles = np.stack([window[:, y - self.before - wy: y - self.before - wy + self.tile,
                                      x - self.before - wx: x - self.before - wx + self.tile]
                               for y, x in batch])                # (B, C, tile, tile)
-            probs = self.forward(tiles, ticket)                  # (B, K, out_tile, out_tile)
-            for (y, x), p in zip(batch, probs):
-                _paste(out, keep(p), (y - rows[0], x - cols[0]))
+            kept = self.forward(tiles, ticket, classes=classes)  # (B, K or 1, out_tile, out_tile)
+            for (y, x), p in zip(batch, kept):
+                _paste(out, p, (y - rows[0], x - cols[0]))
         return out
 
     def input_window(self, rows: tuple[int, int], cols: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -145,12 +160,13 @@ class TilePredictor:
                 (xs[0] - self.before, xs[-1] - self.before + self.tile))
 
     @torch.inference_mode()
-    def forward(self, tiles: np.ndarray, ticket: int | None = None) -> np.ndarray:
-        """Softmax probabilities of the kept output of each raw (unnormalised) input tile. One call at a
-        time: two threads that read or write blocks share the device, the region that came first first."""
+    def forward(self, tiles: np.ndarray, ticket: int | None = None, classes: bool = False) -> np.ndarray:
+        """Softmax probabilities (B, K, n, n) of the kept output of each raw (unnormalised) input tile, or
+        with ``classes`` their ``class_index`` (B, 1, n, n) uint8, taken on the device. One call at a time:
+        two threads that read or write blocks share the device, the region that came first first."""
         with self._lock.hold(self._lock.ticket() if ticket is None else ticket):
             wall, cpu = time.perf_counter(), time.thread_time()
-            probs = self._forward(tiles)
+            probs = self._forward(tiles, classes)
             spent = self._spent.__dict__
             spent["seconds"] = spent.get("seconds", 0.0) + time.perf_counter() - wall
             spent["cpu_seconds"] = spent.get("cpu_seconds", 0.0) + time.thread_time() - cpu
@@ -162,11 +178,9 @@ class TilePredictor:
         spent = self._spent.__dict__
         return spent.pop("seconds", 0.0), spent.pop("cpu_seconds", 0.0)
 
-    def _forward(self, tiles: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(np.ascontiguousarray(tiles))
-        if self.device.type == "cuda":
-            x = x.pin_memory().to(self.device, non_blocking=True)
-        x = (x.to(self.device, torch.float32) - self._offset) / self._scale  # (B, C, tile, tile)
+    def _forward(self, tiles: np.ndarray, classes: bool) -> np.ndarray:
+        x = self._to_device(tiles)                                # (B, C, tile, tile), stored dtype
+        x = (x.to(torch.float32) - self._offset) / self._scale  # (B, C, tile, tile)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
@@ -174,7 +188,24 @@ class TilePredictor:
         k, n = self.keep_offset, self.out_tile
         logits = logits[..., k:k + n, k:k + n].float().contiguous()  # (B, K, n, n), channels first again
         probs = torch.softmax(logits, dim=1)                    # (B, K, out_tile, out_tile)
+        if classes:  # argmax keeps the first of equal values, as class_index does
+            return probs.argmax(dim=1, keepdim=True).to(torch.uint8).cpu().numpy()  # (B, 1, n, n)
         return probs.cpu().numpy()
+
+    def _to_device(self, tiles: np.ndarray) -> torch.Tensor:
+        """The tiles on the device. On a GPU they go through a page-locked staging buffer kept per thread
+        (allocating pinned memory per call costs more than the copy) with a non-blocking copy; the pass
+        ends with a copy back to the host, so the buffer is free again when the thread's next call comes."""
+        x = torch.from_numpy(np.ascontiguousarray(tiles))
+        if self.device.type != "cuda":
+            return x
+        buffers = self._host.__dict__.setdefault("staging", {})
+        key = (tuple(x.shape), x.dtype)
+        if key not in buffers:
+            buffers.clear()
+            buffers[key] = torch.empty(x.shape, dtype=x.dtype, pin_memory=True)
+        staging = buffers[key].copy_(x)
+        return staging.to(self.device, non_blocking=True)
 
 
 class OldestFirst:
@@ -298,6 +329,12 @@ def _paste(out: np.ndarray, probs: np.ndarray, at: tuple[int, int]) -> None:
 def _batches(items: Iterator, size: int) -> Iterator[list]:
     while batch := list(itertools.islice(items, size)):
         yield batch
+
+
+def tile_outputs(model: UNet, hi: int) -> list[tuple[int, int]]:
+    """(tile, output kept) for every usable tile up to ``hi``: valid, and keeping at least one period."""
+    pairs = [(n, _out_size(model, n)) for n in model.valid_input_sizes(1, hi)]
+    return [(n, out) for n, out in pairs if out >= model.pooling_period]
 
 
 def _out_size(model: UNet, tile: int) -> int:

@@ -17,13 +17,15 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from unet.infer.predict import FlipPredictor, TilePredictor, class_index
+from unet.infer.calibrate import calibrate, fixed
+from unet.infer.geometry import Calibration, choose_tile
+from unet.infer.predict import MAX_AUTO_TILE, FlipPredictor, TilePredictor, class_index
 from unet.infer.tiling import Reader
 from unet.infer.tta import flips_for
 from unet.io.output import OutputSpec, OutputWriter
 from unet.io.source import Source, SourceSpec, open_source
 from unet.job.objects.actor import relabel_block, store_block_objects, store_rim
-from unet.job.plan import Block
+from unet.job.plan import Block, BlockPlan
 from unet.job.pyramid import decimate2x2, halve, mode2x2
 from unet.job.skip import EmptyBlocks
 from unet.job.spec import BlockStats, JobSpec, SkipReason
@@ -31,24 +33,45 @@ from unet.nn.checkpoint import load_checkpoint
 
 
 class BlockRunner:
-    """Loads the checkpoint once; each method writes one block and its marker (the ``BlockActor`` contract).
-    Without a ``tile``, the predictor picks the largest one within memory that a ``block`` can use.
-    ``tta`` (4 or 8 flips) averages the predictions of flipped images (``unet.infer.tta``)."""
+    """Loads the checkpoint once and calibrates its device (``unet.infer.calibrate``: cached per device and
+    network); each method writes one block and its marker (the ``BlockActor`` contract). Without a ``tile``,
+    each job's tile (and batch) is the one its plan's blocks are expected to run fastest with; ``limit`` is
+    the largest output side worth a candidate tile (the largest block or image). ``tta`` (4 or 8 flips)
+    averages the predictions of flipped images (``unet.infer.tta``)."""
 
     def __init__(self, checkpoint: bytes, *, tile: int | None = None, batch_size: int | None = None,
                  device: str | None = None, amp: bool | None = None, threads: int | None = None,
-                 block: int | None = None, compile: bool = False, tta: int = 1):
+                 limit: int | None = None, compile: bool = False, cache_dir: str | None = None, tta: int = 1):
         if threads:
             torch.set_num_threads(threads)
         model, _ = load_checkpoint(checkpoint)
         self.contract = model.config.input
+        limit = limit or MAX_AUTO_TILE
         self.predictor = TilePredictor(model, tile=tile, batch_size=batch_size, device=device, amp=amp,
-                                       image_shape=(block, block) if block else None, compile=compile)
-        self.flipped = FlipPredictor(self.predictor, flips_for(tta))
-        self.empty = EmptyBlocks(self.predictor, self.flipped.flips)
+                                       image_shape=(limit, limit), compile=compile)
+        self.batch_size = batch_size
+        self._calibration = fixed(self.predictor, limit) if tile else calibrate(
+            self.predictor, limit, max_tile=MAX_AUTO_TILE, cache_dir=cache_dir)
+        self.flips = flips_for(tta)
+        self.empty = EmptyBlocks(self.predictor, self.flips)
         self._lock = threading.Lock()
         self._sources: dict[SourceSpec, Source] = {}
         self._writers: dict[OutputSpec, OutputWriter] = {}
+        self._geometry: dict[tuple[tuple[int, int], int], TilePredictor] = {}
+
+    def calibration(self) -> Calibration:
+        """What this worker measured on its device (or read from its cache), for the driver's block choice."""
+        return self._calibration
+
+    def _predictor_for(self, spec: JobSpec) -> TilePredictor:
+        """The predictor with the (tile, batch) expected fastest over the job's plan."""
+        shape, block = spec.output.shape, spec.block or max(spec.output.shape)
+        with self._lock:
+            if (shape, block) not in self._geometry:
+                plan = BlockPlan(0, shape, block)
+                choice = choose_tile(self._calibration, plan.spans(0), plan.spans(1), batch=self.batch_size)
+                self._geometry[shape, block] = self.predictor.with_geometry(choice.cost.tile, choice.cost.batch)
+            return self._geometry[shape, block]
 
     def segment(self, spec: JobSpec, block: Block) -> BlockStats:
         """Predict a level-0 block, write its classes (and probabilities), its share of the coarser
@@ -57,28 +80,30 @@ class BlockRunner:
         t0 = time.perf_counter()
         self.predictor.take_time_spent()  # forget what a failed call of this thread may have left
         source, writer = self._open(spec)
+        predictor = self._predictor_for(spec)
         need_probs = writer.probabilities is not None or spec.objects is not None  # objects: mean probability
-        labels, probs, skipped = self._predict(spec, source, block, need_probs)
+        labels, probs, skipped = self._predict(spec, predictor, source, block, need_probs)
         t1 = time.perf_counter()
         levels = self._write_prediction(spec, writer, block, labels, probs)
         network_s, network_cpu_s = self.predictor.take_time_spent()
         return BlockStats(block.key, block.pixels, levels, compute_s=t1 - t0, write_s=time.perf_counter() - t1,
-                          network_s=network_s, network_cpu_s=network_cpu_s, skipped=skipped)
+                          network_s=network_s, network_cpu_s=network_cpu_s, skipped=skipped,
+                          tile=None if skipped else predictor.tile)
 
-    def _predict(self, spec: JobSpec, source: Source, block: Block,
+    def _predict(self, spec: JobSpec, predictor: TilePredictor, source: Source, block: Block,
                  probabilities: bool) -> tuple[np.ndarray, np.ndarray | None, SkipReason | None]:
         """Classes (h, w), probabilities (K, h, w) when they are written, and why the network was not run,
         if it was not. Without probabilities no float copy of the block is made."""
         wrap = functools.partial(_rescaling_reader, input_range=spec.input_range,
                                  trained_range=self.contract.value_range)
-        probs = self.empty.prediction(source, block.rows, block.cols, wrap)         # (K, h, w) or None
+        probs = self.empty.prediction(source, block.rows, block.cols, wrap, predictor, spec.input_range)  # (K, h, w)
         if probs is not None:
             return class_index(probs), probs, SkipReason.EMPTY
         args = (wrap(source.read), source.shape, block.rows, block.cols)
-        predictor: TilePredictor | FlipPredictor = self.flipped if len(self.flipped.flips) > 1 else self.predictor
+        run: TilePredictor | FlipPredictor = FlipPredictor(predictor, self.flips) if len(self.flips) > 1 else predictor
         if not probabilities:
-            return predictor.predict_classes(*args), None, None
-        probs = predictor.predict_region(*args)                                      # (K, h, w)
+            return run.predict_classes(*args), None, None
+        probs = run.predict_region(*args)                                            # (K, h, w)
         return class_index(probs), probs, None
 
     def background(self, spec: JobSpec, block: Block) -> BlockStats:

@@ -8,6 +8,7 @@ speaks to actors only through ``unet.job.spec``, and never imports the actor sid
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,6 +21,9 @@ from unet.errors import UNetError
 from unet.io.ome import label_metadata
 from unet.io.output import (STATUS_COMPLETE, STATUS_RUNNING, create_output, register_label, update_unet_attrs,
                             write_ome_metadata)
+from unet.infer.geometry import Calibration
+from unet.job import startup
+from unet.job.geometry import announce, calibration_limit, fit_geometry
 from unet.job.level import output_scale
 from unet.job.objects.driver import create_instances, run_objects
 from unet.job.options import SegmentOptions
@@ -39,14 +43,6 @@ class WorkerResources:
     workers: int
     cpus: float
     gpus: float
-
-
-def connect_ray() -> None:
-    """Join the cluster in RAY_ADDRESS, else the one ``ray start`` runs on this node (the address file in
-    Ray's temporary folder, /tmp/ray unless RAY_TMPDIR says otherwise), else start a local one. Not
-    ``address="auto"``: that joins any Ray it finds in the process table, e.g. another user's."""
-    if not ray.is_initialized():
-        ray.init(include_dashboard=False, configure_logging=False, log_to_driver=False)
 
 
 def worker_resources(workers: int | None, cpus: float | None, gpus: float) -> WorkerResources:
@@ -73,42 +69,52 @@ def run_jobs(jobs: Sequence[PreparedJob], opts: SegmentOptions, checkpoint: byte
              provenance: dict[str, Any], runner: type) -> RunStats:
     """Segment every job's remaining blocks on actors of class ``runner`` (a ``BlockActor``), build the
     pyramids, mark complete outputs; return what the run did."""
-    connect_ray()
+    startup.ready()
+    startup.mark("ray")
     res = worker_resources(opts.workers, opts.cpus_per_worker, opts.gpus_per_worker)
     request_workers(res)
     ref = ray.put(checkpoint)
     actor: Any = ray.remote(runner).options(num_cpus=res.cpus, num_gpus=res.gpus, max_concurrency=2)
     device = opts.device or ("cuda" if res.gpus else "cpu")
     threads = max(1, int(res.cpus))
+    limit = calibration_limit(jobs, opts)
 
     def make_actor() -> Any:
         return actor.remote(ref, tile=opts.tile, batch_size=opts.batch_size, device=device, amp=opts.amp,
-                            threads=threads, block=opts.block_size, compile=opts.compile, tta=opts.tta)
+                            threads=threads, limit=limit, compile=opts.compile, tta=opts.tta,
+                            cache_dir=os.environ.get("UNET_CACHE_DIR"))
 
-    for job in jobs:
-        _start_output(job, provenance)
-    scheduler = Scheduler(make_actor, res.workers, timeout=opts.block_timeout, max_attempts=opts.max_retries + 1)
-    total = sum(j.source.shape[0] * j.source.shape[1] for j in jobs)
-    progress = Progress(total, sum(j.pixels_done for j in jobs), sum(len(j.plan) for j in jobs), opts.progress)
     started = time.monotonic()
+    scheduler = Scheduler(make_actor, res.workers, timeout=opts.block_timeout, max_attempts=opts.max_retries + 1)
+    progress = None
     try:
+        calibration: Calibration = scheduler.ask_first(ActorMethod.CALIBRATION)
+        startup.mark("first worker and its calibration")
+        announce(calibration)
+        for job in jobs:
+            fit_geometry(job, calibration, opts, res.workers * scheduler.per_worker)
+            _start_output(job, provenance)
+        total = sum(j.source.shape[0] * j.source.shape[1] for j in jobs)
+        progress = Progress(total, sum(j.pixels_done for j in jobs), sum(len(j.plan) for j in jobs), opts.progress)
         run_round(scheduler, jobs, lambda job: job.plan, _level0_call, progress)
         run_pyramids(scheduler, jobs)
         run_objects(scheduler, jobs, class_names)
     except WorkerStartError as e:
         raise WorkerStartError(f"{e} (check --device and --gpus-per-worker)") from None
     finally:
-        progress.close()
+        if progress is not None:
+            progress.close()
         scheduler.shutdown()
         request_workers(None)
     seconds = time.monotonic() - started
     for job in jobs:
         if not job.failed:
             _finish_or_report(job, class_names, seconds)
-    return RunStats(seconds, progress.blocks_done, progress.new_pixels, progress.rate, progress.network_s,
-                    progress.network_cpu_s, progress.network_s / max(seconds * res.workers, 1e-9),
+    startup_s, phases = startup.breakdown(scheduler.first_task_at)
+    return RunStats(seconds, progress.blocks_done, progress.new_pixels, progress.new_pixels / 1e6 / max(seconds, 1e-9),
+                    progress.network_s, progress.network_cpu_s, progress.network_s / max(seconds * res.workers, 1e-9),
                     res.workers, res.cpus, res.gpus, scheduler.replaced, scheduler.completed,
-                    ray.get_runtime_context().gcs_address)
+                    ray.get_runtime_context().gcs_address, startup_s, phases, dict(progress.tiles_used), calibration)
 
 
 def _level0_call(job: PreparedJob, block: Block) -> Call:

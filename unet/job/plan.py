@@ -15,6 +15,7 @@ import numpy as np
 from dask.array.core import normalize_chunks
 
 from unet.errors import UNetError
+from unet.infer.geometry import Calibration, PlanCost, choose_tile
 
 
 @dataclass(frozen=True)
@@ -122,3 +123,65 @@ def network_flops(model, tile: int) -> int:
     for h in hooks:
         h.remove()
     return flops
+
+
+MAX_BLOCK_UNITS = 8     # candidate blocks: 1 to 8 writing units a side ...
+MAX_BLOCK = 8192        # ... of at most this many px (a block's window, classes and probabilities stay small)
+BLOCK_TIE = 0.02        # blocks expected within 2 % of the fastest count as equal: the nearest the default wins
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """One output's blocks and the (tile, batch) its workers are expected to choose, with what the
+    calibration expects them to cost; what chose each ("calibration", "--tile", "--block", "memory rule",
+    "resumed output")."""
+
+    block: int
+    blocks: int
+    block_chosen_by: str
+    tile: int
+    out_tile: int
+    batch: int
+    tile_chosen_by: str
+    tiles: int                          # tiles computed over the plan
+    passes: int                         # forward passes
+    overhang: float                     # output pixels computed per pixel kept
+    expected_network_s: float | None    # None without a calibration
+    expected_mpx_per_s: float | None
+
+
+@dataclass(frozen=True)
+class BlockChoice:
+    """The block side chosen for a plan, with the (tile, batch) expected fastest over it."""
+
+    block: int
+    blocks: int
+    cost: PlanCost
+    chosen_by: str      # "calibration", "--tile", "memory rule": what ranked the blocks
+
+
+def choose_block(calibration: Calibration, shape: tuple[int, int], unit: int, slots: int, *,
+                 batch: int | None = None) -> BlockChoice:
+    """The block side, a multiple of ``unit`` (chunk or shard), whose plan the calibration expects to
+    run fastest: the least network time over the mosaic (measured seconds per pass times the passes its
+    tiles need on the plan's blocks), among plans of at least ``slots`` blocks (blocks in flight at once)
+    when the mosaic has room for that. Near-ties go to the default of 4 units: larger blocks re-read
+    fewer halos, smaller ones spread better over workers."""
+    options = []
+    for units in range(1, MAX_BLOCK_UNITS + 1):
+        block = units * unit
+        if units > 1 and block > MAX_BLOCK:
+            break
+        plan = BlockPlan(0, shape, block)
+        cost = choose_tile(calibration, plan.spans(0), plan.spans(1), batch=batch)
+        options.append(BlockChoice(block, len(plan), cost, calibration.chosen_by))
+        if block >= max(shape):
+            break
+    enough = [o for o in options if o.blocks >= slots] or [max(options, key=lambda o: o.blocks)]
+    best = min(_expected(o) for o in enough)
+    near = [o for o in enough if _expected(o) <= best * (1 + BLOCK_TIE)]
+    return min(near, key=lambda o: (abs(o.block - 4 * unit), -o.block))
+
+
+def _expected(option: BlockChoice) -> float:
+    return option.cost.seconds if option.cost.seconds is not None else option.cost.overhang

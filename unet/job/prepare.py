@@ -23,7 +23,7 @@ from unet.io.source import Source, SourceSpec
 from unet.io.urls import is_inside, resolve_storage_options
 from unet.job.level import LevelChoice, open_level
 from unet.job.options import SegmentOptions
-from unet.job.plan import BlockPlan, check_block_size
+from unet.job.plan import BlockPlan, Geometry, check_block_size
 from unet.job.pyramid import level_plan
 from unet.job.roi import RegionOfInterest, load_roi
 from unet.job.spec import INSTANCES, BlockFailure, JobSpec, ObjectsSpec, SkipReason
@@ -62,6 +62,7 @@ class PreparedJob:
     object_counts: dict[str, int] | None = None  # --objects: objects per class, once merged
     level: LevelChoice = LevelChoice(0, None)  # the input's pyramid level segmented, and its pixel size
     cogs: list[dict[str, Any]] = field(default_factory=list)  # --cog: the COGs written (or found written)
+    geometry: Geometry | None = None  # the block and tile chosen, and their expected cost (unet.job.geometry)
 
     @property
     def complete(self) -> bool:
@@ -129,21 +130,30 @@ def prepare_job(opts: SegmentOptions, pair: tuple[str, str], model: UNet, checkp
                      opts.probabilities, storage_options=so_out)
     objects = (objects_spec(out, object_classes(opts.object_classes, class_names, method), opts.min_area,
                             affine_transform(source.georef) is not None, method) if opts.objects else None)
+    existing = read_unet_attrs(out)
+    block = resumed_block(opts, existing) or opts.block_size  # without --block, a new output's is chosen by cost
     fingerprint = {"checkpoint_sha256": checkpoint_sha, "input": redact(in_url), "level": level.level,
                    "axes": opts.axes, "shape": list(source.shape), "chunk": opts.chunk, "shard": opts.shard,
-                   "block": opts.block_size, "probabilities": opts.probabilities,
+                   "block": block, "probabilities": opts.probabilities,
                    "input_range": list(opts.input_range) if opts.input_range else None,
                    "objects": objects.fingerprint if objects else None,
                    "roi": redact(opts.roi) if opts.roi else None, "tta": opts.tta if opts.tta > 1 else None}
     roi = load_roi(opts.roi, resolve_storage_options(opts.roi, opts.storage_options), source.shape) \
         if opts.roi else None
-    existing = read_unet_attrs(out)
     if existing is not None and not opts.overwrite:
         _check_resumable(out_url, existing, fingerprint)
     existing = None if opts.overwrite else existing
-    return PreparedJob(JobSpec(source.spec, out, opts.input_range, objects), source,
-                       level_plan(out, 0, opts.block_size), fingerprint, existing,
+    return PreparedJob(JobSpec(source.spec, out, opts.input_range, objects, block), source,
+                       level_plan(out, 0, block), fingerprint, existing,
                        label_name=opts.as_label, roi=roi, object_counts=(existing or {}).get("objects"), level=level)
+
+
+def resumed_block(opts: SegmentOptions, existing: dict[str, Any] | None) -> int | None:
+    """Without --block, an output being resumed keeps the block side it was started with."""
+    if opts.block is not None or opts.overwrite or not existing:
+        return None
+    block = existing.get("fingerprint", {}).get("block")
+    return block if isinstance(block, int) and block > 0 and block % (opts.shard or opts.chunk) == 0 else None
 
 
 def check_contract(source: Source, model: UNet, input_range: tuple[float, float] | None) -> None:

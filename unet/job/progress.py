@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections import Counter
 
 from tqdm import tqdm
 
@@ -21,6 +22,7 @@ class Progress:
         self.start = self.last_log = time.monotonic()
         self.new_pixels = 0
         self.network_s = self.network_cpu_s = 0.0  # time in the workers' forward passes
+        self.tiles_used: Counter[int] = Counter()   # blocks run through the network, by the tile chosen for them
         self.bar = tqdm(total=total_pixels / 1e6, initial=done_pixels / 1e6, unit="Mpx", unit_scale=False,
                         disable=not self.bar_enabled, dynamic_ncols=True, file=sys.stderr,
                         bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} Mpx [{elapsed}<{remaining}, {rate_fmt}]")
@@ -28,6 +30,8 @@ class Progress:
     def update(self, pixels: int, stats: BlockStats) -> None:
         self.network_s += stats.network_s
         self.network_cpu_s += stats.network_cpu_s
+        if stats.tile is not None:
+            self.tiles_used[stats.tile] += 1
         self.done += pixels
         self.new_pixels += pixels
         self.blocks_done += 1

@@ -13,12 +13,12 @@ from typing import Any
 import numpy as np
 
 from unet.errors import redact
-from unet.infer.predict import TilePredictor
-from unet.infer.tiling import tile_origins
+from unet.infer.geometry import Calibration
 from unet.io.output import STATUS_COMPLETE, OutputWriter
 from unet.io.quicklook import save_quicklook
+from unet.job.geometry import calibration_limit, fit_geometry, local_calibration
 from unet.job.options import SegmentOptions
-from unet.job.plan import network_flops
+from unet.job.plan import Geometry, network_flops
 from unet.job.prepare import PreparedJob
 from unet.job.spec import BlockFailure, SkipReason
 from unet.nn.model import UNet
@@ -43,6 +43,10 @@ class RunStats:
     worker_restarts: int
     tasks_run: int
     ray_address: str       # the GCS address of the cluster the run used
+    startup_s: float | None            # command (or call) to the first block handed to a worker
+    startup: dict[str, float]          # the seconds of each start-up phase, in order (``unet.job.startup``)
+    tiles_used: dict[int, int]         # blocks run through the network, by the tile their worker chose
+    calibration: Calibration           # what the geometry was chosen from (the first worker's)
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,7 @@ class OutputReport:
     level: int = 0                   # the input's pyramid level that was segmented
     pixel_size: dict[str, Any] | None = None  # its pixel size ({"value": [y, x], "unit": ...}), if known
     cog: tuple[dict[str, Any], ...] = ()  # --cog: the COGs written (or found written), each with its url
+    geometry: Geometry | None = None  # blocks and tiles chosen, with their expected cost (None if nothing ran)
 
     @property
     def complete(self) -> bool:
@@ -68,8 +73,9 @@ class OutputReport:
 
     def to_dict(self) -> dict[str, Any]:
         d = {**asdict(self), "shape": list(self.shape), "failed": [f.to_dict() for f in self.failed]}
-        if self.objects is None:
-            del d["objects"]
+        for optional in ("objects", "geometry"):
+            if d[optional] is None:
+                del d[optional]
         if not self.cog:
             del d["cog"]
         return d
@@ -103,7 +109,7 @@ def build_report(jobs: Sequence[PreparedJob], stats: RunStats | None) -> Report:
         redact(j.spec.source.url), redact(j.spec.output.url),
         STATUS_COMPLETE if j.complete or not j.failed else STATUS_INCOMPLETE, j.source.shape, len(j.plan),
         j.skipped[SkipReason.EMPTY], j.skipped[SkipReason.ROI], tuple(j.failed), j.object_counts, j.level.level,
-        j.level.pixel_size.to_dict() if j.level.pixel_size else None, tuple(j.cogs)) for j in jobs)
+        j.level.pixel_size.to_dict() if j.level.pixel_size else None, tuple(j.cogs), j.geometry) for j in jobs)
     return Report(outputs, stats)
 
 
@@ -134,22 +140,34 @@ def summary_line(report: Report) -> str:
 
 
 def print_plan(jobs: Sequence[PreparedJob], model: UNet, opts: SegmentOptions) -> None:
-    """The plan of a dry run: blocks, tiles, margin overhead and estimated FLOPs; no pixel is read."""
-    predictor = TilePredictor(model, tile=opts.tile, device="cpu")
-    flops = network_flops(model, predictor.tile)
+    """The plan of a dry run: blocks and tiles chosen as the run would choose them (this machine's
+    calibration, measured here if not cached), their overhang and estimated FLOPs; no pixel is read."""
+    calibration = local_calibration(model, opts, calibration_limit(jobs, opts))
+    print(f"calibration: {describe(calibration)}")
     for job in jobs:
         h, w = job.source.shape
-        n_tiles = 1
-        for axis in (0, 1):
-            n_tiles *= sum(len(tile_origins(*span, predictor.out_tile, predictor.pooling_period))
-                           for span in job.plan.spans(axis))
-        overhead = predictor.tile ** 2 / predictor.out_tile ** 2 - 1
+        g = fit_geometry(job, calibration, opts, slots=2)
+        flops = network_flops(model, g.tile)
+        expected = (f", expected {g.expected_mpx_per_s:.2f} Mpx/s for the network ({g.expected_network_s:.0f} s)"
+                    if g.expected_mpx_per_s else "")
         print(f"{redact(job.spec.source.url)} -> {redact(job.spec.output.url)}\n"
               f"  image {h} x {w} px, {job.source.channels} channel(s), {job.source.dtype}\n"
-              f"  blocks: {len(job.plan)} of {job.plan.block} px ({job.plan.counts[0]} x {job.plan.counts[1]})\n"
-              f"  tiles: {n_tiles} of {predictor.tile} px in -> {predictor.out_tile} px out "
-              f"(margin overhead {overhead:.0%}), {flops / 1e9:.1f} GFLOP each, "
-              f"{n_tiles * opts.tta * flops / 1e12:.2f} TFLOP total" + (f" with {opts.tta} flips\n" if opts.tta > 1 else "\n") +
+              f"  blocks: {len(job.plan)} of {job.plan.block} px ({job.plan.counts[0]} x {job.plan.counts[1]}), "
+              f"{g.block_chosen_by}\n"
+              f"  tiles: {g.tiles} of {g.tile} px in -> {g.out_tile} px out, {g.batch} a pass ({g.tile_chosen_by}; "
+              f"overhang {g.overhang - 1:.1%}{expected}), {flops / 1e9:.1f} GFLOP each, "
+              f"{g.tiles * opts.tta * flops / 1e12:.2f} TFLOP total" + (f" with {opts.tta} flips\n" if opts.tta > 1 else "\n") +
               f"  output levels: {len(job.spec.output.level_shapes)}, chunk {opts.chunk}"
               + (f", shard {opts.shard}" if opts.shard else "")
               + ("  [already complete]" if job.complete else ""))
+
+
+def describe(calibration: Calibration) -> str:
+    """The calibration in one line: device, where it came from, each candidate's network-only speed."""
+    if calibration.fallback:
+        return calibration.fallback
+    if calibration.chosen_by != "calibration":
+        return f"none (--tile given) on {calibration.device}"
+    where = "from the cache" if calibration.cached else f"measured now in {calibration.seconds:.1f} s"
+    speeds = ", ".join(f"{c.tile}:{c.mpx_per_s:.2f}" for c in calibration.costs)
+    return f"{calibration.device}, {where}; network-only Mpx/s by tile: {speeds}"

@@ -61,6 +61,7 @@ class Scheduler:
         self.max_attempts, self.max_deaths, self.timeout = max_attempts, max_deaths, timeout
         self.replaced = self.failed_starts = 0
         self.completed = 0  # tasks finished, over every run
+        self.first_task_at: float | None = None  # time.time() when the first task went to a started actor
         self._starting: dict[ray.ObjectRef, Any] = {}  # readiness probe -> actor not started yet
         self._ready: set[int] = set()                  # id() of started actors
         self.actors = [self._start() for _ in range(workers)]
@@ -85,6 +86,21 @@ class Scheduler:
                 elif ref in running:
                     self._collect(ref, running, retry, on_done, on_failed)
             self._expire(running, retry, on_failed)
+
+    def ask_first(self, method: str) -> Any:
+        """``method()`` on the first actor to start (actors that die starting are replaced, as in ``run``):
+        e.g. its device's calibration, before any task is planned."""
+        while True:
+            ready = next((a for a in self.actors if id(a) in self._ready), None)
+            if ready is None:
+                probes, _ = ray.wait(list(self._starting), num_returns=1, timeout=POLL_SECONDS)
+                for probe in probes:
+                    self._started(probe, {}, deque())
+                continue
+            try:
+                return ray.get(getattr(ready, method).remote())
+            except RayActorError:
+                self._replace(ready, {}, deque())
 
     def shutdown(self) -> None:
         """Kill the pool's actors, releasing their CPUs and GPUs for whatever runs next."""
@@ -123,6 +139,7 @@ class Scheduler:
                     return
                 ref = getattr(actor, task.method).remote(*task.args)
                 running[ref] = _Running(task, actor, time.monotonic())
+                self.first_task_at = self.first_task_at or time.time()
                 load[id(actor)] += 1
 
     def _collect(self, ref, running, retry, on_done, on_failed) -> None:

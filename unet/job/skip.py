@@ -2,7 +2,7 @@
 
 Zarr stores no chunk that is entirely fill value, so when every stored chunk (shard) that a block's read
 window touches is missing, the block's whole input is the fill value, and its prediction is that of a
-constant image. That prediction is computed once per worker and source by the same predictor — never
+constant image. That prediction is computed once per worker and fill value by the same predictor — never
 assumed to be background. It is not uniform: the up-convolutions (stride 2) make it periodic on the
 pooling grid, and tiles sit on that grid counted from the mosaic's origin, so it is kept as one grid cell
 and laid out by each pixel's phase. It is used only when it is periodic indeed (a valid-padded network; a
@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 
 import numpy as np
 from zarr.core.sync import sync
@@ -25,7 +25,7 @@ from zarr.storage import FsspecStore, LocalStore
 from unet.infer.predict import TilePredictor
 from unet.infer.tiling import Reader, mirrored_box
 from unet.infer.tta import FLIPS, Flip, input_window, mean_over_flips
-from unet.io.source import Source, SourceSpec
+from unet.io.source import Source
 
 PERIODIC_TOLERANCE = 1e-6  # largest deviation of a constant tile's output from its repeated grid cell
 
@@ -38,27 +38,36 @@ class EmptyBlocks:
     def __init__(self, predictor: TilePredictor, flips: tuple[Flip, ...] = FLIPS[:1]):
         self.predictor, self.flips = predictor, flips
         self._lock = threading.Lock()
-        self._fill: dict[SourceSpec, np.ndarray | None] = {}
+        self._fill: dict[tuple, np.ndarray | None] = {}
 
     def prediction(self, source: Source, rows: tuple[int, int], cols: tuple[int, int],
-                   wrap: Callable[[Reader], Reader]) -> np.ndarray | None:
+                   wrap: Callable[[Reader], Reader], predictor: TilePredictor | None = None,
+                   wrap_key: Hashable = None) -> np.ndarray | None:
         """Probabilities (K, h, w) of the output rows x cols when its input is all fill value, else None.
-        ``wrap`` is what the worker applies to every reader (e.g. rescaling)."""
-        cell = self._fill_prediction(source, wrap)
+        ``wrap`` is what the worker applies to every reader (e.g. rescaling), ``wrap_key`` what tells one
+        wrap from another; ``predictor`` (default: the one given at start) decides the read window. The
+        prediction of a fill value is computed once per fill value, dtype and wrap, not once per input:
+        every valid tile gives the same grid cell."""
+        cell = self._fill_prediction(source, wrap, wrap_key)
         if cell is None:
             return None
-        window = mirrored_box(source.shape, *input_window(self.predictor, self.flips, source.shape, rows, cols))
+        window = mirrored_box(source.shape, *input_window(predictor or self.predictor, self.flips, source.shape,
+                                                          rows, cols))
         if not window_is_missing(source, *window):
             return None
         return mean_over_flips(self.flips, source.shape, rows, cols, lambda _, __, frows, fcols:
                                periodic(cell, frows, fcols))
 
-    def _fill_prediction(self, source: Source, wrap: Callable[[Reader], Reader]) -> np.ndarray | None:
+    def _fill_prediction(self, source: Source, wrap: Callable[[Reader], Reader],
+                         wrap_key: Hashable) -> np.ndarray | None:
+        if not qualifies(source):
+            return None
+        fill = np.asarray(source.array.fill_value).astype(source.dtype)
+        key = (fill.tobytes(), source.dtype.str, source.channels, wrap_key)
         with self._lock:
-            if source.spec not in self._fill:
-                self._fill[source.spec] = constant_prediction(self.predictor, source, wrap) \
-                    if qualifies(source) else None
-            return self._fill[source.spec]
+            if key not in self._fill:
+                self._fill[key] = constant_prediction(self.predictor, source, wrap)
+            return self._fill[key]
 
 
 def qualifies(source: Source) -> bool:

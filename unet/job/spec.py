@@ -16,6 +16,7 @@ import numpy as np
 from unet.infer.instances import InstanceMethod
 from unet.io.output import OutputSpec
 from unet.io.source import SourceSpec
+from unet.infer.geometry import Calibration
 from unet.job.plan import Block
 
 # Where --objects keeps its state inside OUTPUT (see unet/job/objects/driver.py for the whole layout)
@@ -32,6 +33,7 @@ class ActorMethod(StrEnum):
     RIM = "rim"                # --objects, contour model: regrow a block's rim from its neighbours' bands
     RELABEL = "relabel"        # --objects: rewrite a block of the instance image with global ids
     DOWNSAMPLE = "downsample"  # build a block of a pyramid level from the level above
+    CALIBRATION = "calibration"  # not a block: what the actor's device measured, for the block choice
 
 
 class SkipReason(StrEnum):
@@ -66,6 +68,7 @@ class JobSpec:
     output: OutputSpec
     input_range: tuple[float, float] | None = None
     objects: ObjectsSpec | None = None  # --objects: label connected objects too
+    block: int | None = None            # the plan's block side: each worker fits its tile to the plan's blocks
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,7 @@ class BlockStats:
     network_s: float = 0.0             # wall time inside forward passes
     network_cpu_s: float = 0.0         # CPU time of those forward passes
     skipped: SkipReason | None = None  # why the network was not run, if it was not
+    tile: int | None = None            # the tile the worker chose for the block's job, when it ran the network
 
 
 @dataclass(frozen=True)
@@ -104,3 +108,4 @@ class BlockActor(Protocol):
     def rim(self, spec: JobSpec, block: Block, near: list[tuple[Block, np.ndarray]]) -> BlockStats: ...
     def relabel(self, spec: JobSpec, block: Block, lut: np.ndarray, final: np.ndarray | None = None) -> BlockStats: ...
     def downsample(self, spec: JobSpec, block: Block) -> BlockStats: ...
+    def calibration(self) -> Calibration: ...

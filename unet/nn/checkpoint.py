@@ -73,9 +73,10 @@ def load_checkpoint(source: str | os.PathLike | bytes, device: str | torch.devic
         tensors = safetensors.torch.load(data)
     except Exception as e:  # safetensors raises its own error type for corrupt data
         raise CheckpointError(f"checkpoint {name}: corrupt safetensors data ({e})") from None
-    model = UNet(config)
+    with torch.device("meta"):  # no random initialisation (a second for the paper's network): the weights come next
+        model = UNet(config)
     _check_weights(model, tensors, name)
-    model.load_state_dict(tensors)
+    model.load_state_dict(tensors, assign=True)
     return model.to(device or "cpu").eval(), metadata
 
 
