@@ -36,6 +36,7 @@ from run import BENCH_NET, TRIVIAL_NET, checkpoint_path, load, make_model, save_
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "defaults.json"
 CHUNK = 1024
+ROWS = ("end_to_end", "tiles", "many_inputs")
 
 
 @dataclass(frozen=True)
@@ -46,17 +47,23 @@ class DefaultsConfig:
     end_to_end_sides: tuple[int, ...]
     inputs: int                     # row 3: this many inputs ...
     input_side: int                 # ... of this side
+    rows: tuple[str, ...]           # which rows to measure
 
 
 def build_config(argv: Sequence[str] | None) -> DefaultsConfig:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--scale", type=float, default=1.0, help="multiply every mosaic's pixels (default 1)")
     p.add_argument("--out", type=Path, default=RESULTS, help="JSON results")
+    p.add_argument("--rows", default=",".join(ROWS), help=f"rows to measure (default {','.join(ROWS)})")
     a = p.parse_args(argv)
+    rows = tuple(a.rows.split(","))
+    if not set(rows) <= set(ROWS):
+        raise SystemExit(f"--rows: expected some of {', '.join(ROWS)}, found {a.rows}")
 
     def side(mpx: float) -> int:
         return max(CHUNK, round(math.sqrt(mpx * a.scale * 1e6) / CHUNK) * CHUNK)
-    return DefaultsConfig(a.out, side(9.4), (348, 604, 860, 1116, 1372), (side(4.2), side(16.8)), 16, side(1.05))
+    return DefaultsConfig(a.out, side(9.4), (348, 604, 860, 1116, 1372), (side(4.2), side(16.8)), 16, side(1.05),
+                          rows)
 
 
 def machine() -> dict:
@@ -188,20 +195,22 @@ def warm_calibration(tmp: Path) -> None:
 
 
 def table(res: dict) -> str:
-    t = res["tiles"]
     lines = ["| # | measurement | result |", "| --- | --- | --- |"]
-    hand = ", ".join(f"{r['tile']}: {r['mpx_per_s']:.2f}" for r in t["runs"][1:-1])
-    lines.append(f"| 1 | defaults vs hand-picked --tile, {t['mpx']:.0f} Mpx (Mpx/s by tile: {hand}) | default "
-                 f"{t['default_mpx_per_s']:.2f} Mpx/s (tile {t['runs'][0]['chosen_tile']}, block {t['runs'][0]['block']}): "
-                 f"**{t['default_over_best']:.2f} of the best** (--tile {t['best_hand']['tile']}) |")
-    for r in res["end_to_end"]:
+    if "tiles" in res:
+        t = res["tiles"]
+        hand = ", ".join(f"{r['tile']}: {r['mpx_per_s']:.2f}" for r in t["runs"][1:-1])
+        lines.append(f"| 1 | defaults vs hand-picked --tile, {t['mpx']:.0f} Mpx (Mpx/s by tile: {hand}) | default "
+                     f"{t['default_mpx_per_s']:.2f} Mpx/s (tile {t['runs'][0]['chosen_tile']}, block "
+                     f"{t['runs'][0]['block']}): **{t['default_over_best']:.2f} of the best** (--tile "
+                     f"{t['best_hand']['tile']}) |")
+    for r in res.get("end_to_end", []):
         lines.append(f"| 2 | end to end incl. Ray's start, {r['mpx']:.0f} Mpx, fresh `python jobs/segment.py` vs "
                      f"`predict_image` in memory | job {r['job_s']:.1f} s (start-up {r['startup_s']} s), predict_image "
                      f"{r['predict_image_s']:.1f} s: **{r['ratio']:.2f}** |")
-    m = res["many_inputs"]
-    lines.append(f"| 3 | many inputs: --manifest of {m['inputs']} x {m['input_mpx']:.1f} Mpx vs one {m['inputs'] * m['input_mpx']:.0f} "
+    m = res.get("many_inputs")
+    lines += [] if m is None else [(f"| 3 | many inputs: --manifest of {m['inputs']} x {m['input_mpx']:.1f} Mpx vs one {m['inputs'] * m['input_mpx']:.0f} "
                  f"Mpx mosaic (cheapest U-Net) | {m['manifest_s']:.1f} s vs {m['single_s']:.1f} s: "
-                 f"**{m['per_input_s']:.2f} s per input**, {m['ratio']:.2f} of the single mosaic's Mpx/s |")
+                 f"**{m['per_input_s']:.2f} s per input**, {m['ratio']:.2f} of the single mosaic's Mpx/s |")]
     mc = res["machine"]
     lines.append(f"\n{mc['cpu']}, {mc['cores']} cores; torch {mc['torch']}; {mc['date']}; load average "
                  f"{mc['load_average_at_start'][0]} at start, {res['load_average_at_end'][0]} at end; "
@@ -220,11 +229,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         tmp = Path(name)
         save_model(make_model(**BENCH_NET), tmp)
         warm_calibration(tmp)
-        res["end_to_end"] = end_to_end_rows(cfg, tmp)       # before this process starts its own Ray
+        if "end_to_end" in cfg.rows:
+            res["end_to_end"] = end_to_end_rows(cfg, tmp)   # before this process starts its own Ray
         ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
         try:
-            res["tiles"] = tile_rows(cfg, tmp)
-            res["many_inputs"] = many_inputs_row(cfg, tmp)
+            if "tiles" in cfg.rows:
+                res["tiles"] = tile_rows(cfg, tmp)
+            if "many_inputs" in cfg.rows:
+                res["many_inputs"] = many_inputs_row(cfg, tmp)
         finally:
             ray.shutdown()
     res["load_average_at_end"] = load()
