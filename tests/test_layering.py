@@ -13,11 +13,13 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "unet"
 
 DRIVER_SIDE = {"unet.job.driver", "unet.job.rounds", "unet.job.progress", "unet.job.scheduler",
-               "unet.job.objects.driver", "unet.job.objects.merge", "unet.job.objects.tables", "unet.job.cog"}
+               "unet.job.objects.driver", "unet.job.objects.merge", "unet.job.objects.tables", "unet.job.cog",
+               "unet.job.startup"}
 ACTOR_SIDE = {"unet.job.actor", "unet.job.skip", "unet.job.objects.actor", "unet.job.objects.label",
               "unet.job.objects.grow"}
 SHARED = {"unet.job", "unet.job.objects", "unet.job.spec", "unet.job.plan", "unet.job.pyramid", "unet.job.roi",
-          "unet.job.options", "unet.job.prepare", "unet.job.report", "unet.job.objects.summary", "unet.job.level"}
+          "unet.job.options", "unet.job.prepare", "unet.job.report", "unet.job.objects.summary", "unet.job.level",
+          "unet.job.geometry"}
 
 
 def module_name(path: Path) -> str:
