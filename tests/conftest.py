@@ -22,6 +22,15 @@ def calibration_cache(tmp_path_factory):
         yield
 
 
+@pytest.fixture(autouse=True)
+def own_secrets(monkeypatch):
+    """The redaction registry as it was before the test: secrets a test registers (random ones in property
+    tests among them) mask no later test's text."""
+    from unet import errors
+
+    monkeypatch.setattr(errors, "_secrets", set(errors._secrets))
+
+
 @pytest.fixture(scope="session")
 def ray_cluster():
     """A real local Ray cluster with 2 CPUs, shared by every test that needs one."""

@@ -233,6 +233,77 @@ def test_header_that_does_not_fit_is_refused(saved, edit, words):
     _refused(path, str(path), *words)
 
 
+def _edit_tensors(data: bytes, edit) -> bytes:
+    """Rewrite the tensor entries of a safetensors header, the data left as it is."""
+    (size,) = struct.unpack("<Q", data[:8])
+    tensors = json.loads(data[8:8 + size])
+    metadata = tensors.pop("__metadata__")
+    edit(tensors)
+    raw = json.dumps({"__metadata__": metadata, **tensors}).encode()
+    return struct.pack("<Q", len(raw)) + raw + data[8 + size:]
+
+
+def _first(entries: dict) -> dict:
+    return entries[sorted(entries)[0]]
+
+
+@pytest.mark.parametrize("edit,words", [
+    (_set_config("base_channels", 2**20), ["expected at most 1e+09 parameters", "base_channels 1048576"]),
+    (_set_config("base_channels", 2**62), ["config"]),
+    (_set_config("base_channels", 2.5), ["config"]),
+    (_set_config("in_channels", "1"), ["config"]),
+])
+def test_config_that_asks_for_a_huge_or_impossible_network_is_refused_before_any_allocation(saved, edit, words,
+                                                                                            monkeypatch):
+    """The header alone decides: the real network is never built (it would be a 39 TB allocation)."""
+    _, path = saved
+    path.write_bytes(_edit_header(path.read_bytes(), edit))
+    built, init = [], UNet.__init__
+
+    def spy(self, *args, **kwargs):
+        if torch.get_default_device().type != "meta":  # the meta device allocates nothing
+            built.append(args)
+        init(self, *args, **kwargs)
+    monkeypatch.setattr(UNet, "__init__", spy)
+    _refused(path, str(path), *words)
+    assert not built
+
+
+@pytest.mark.parametrize("edit,words", [
+    (lambda t: _first(t).update(dtype="F16", data_offsets=[_first(t)["data_offsets"][0],
+                                                           _first(t)["data_offsets"][1]]), ["bytes"]),
+    (lambda t: _first(t).update(dtype="F64"), ["needs", "bytes"]),
+    (lambda t: _first(t).update(dtype="C64"), ["expected a dtype"]),
+    (lambda t: _first(t).update(shape=[-1]), ["shape and two data offsets"]),
+    (lambda t: _first(t).update(data_offsets=[0, 10**12]), ["needs"]),
+    (lambda t: [e.update(data_offsets=[e["data_offsets"][0] + 4, e["data_offsets"][1] + 4]) for e in t.values()],
+     ["gap"]),
+    (lambda t: t.clear(), ["truncated or padded"]),
+])
+def test_tensor_entries_that_do_not_fit_the_file_are_refused(saved, edit, words):
+    _, path = saved
+    path.write_bytes(_edit_tensors(path.read_bytes(), edit))
+    _refused(path, str(path), *words)
+
+
+def test_tensor_of_another_dtype_than_the_config_implies_is_refused(tmp_path):
+    """Same shapes, half the bytes: a float16 checkpoint of a float32 network is not silently cast."""
+    model = _model()
+    half = {k: v.half() for k, v in model.state_dict().items()}
+    header = {"format": "unet-checkpoint", "format_version": "1", "config": json.dumps(model.config.to_dict())}
+    path = tmp_path / "half.safetensors"
+    path.write_bytes(safetensors.torch.save(half, metadata=header))
+    _refused(path, str(path), "is F16 of shape", "the config implies F32")
+
+
+def test_checkpoint_larger_than_any_network_is_refused_unread(saved, monkeypatch):
+    _, path = saved
+    monkeypatch.setattr("unet.nn.checkpoint.MAX_CHECKPOINT_BYTES", 100)
+    monkeypatch.setattr("fsspec.implementations.local.LocalFileSystem.cat_file",
+                        lambda *a, **k: pytest.fail("the file was read"))
+    _refused(path, str(path), "expected at most 100 bytes")
+
+
 def test_unchanged_header_edit_still_loads(saved):
     """The editing helper itself keeps a valid checkpoint valid, so the refusals above are about the edits."""
     model, path = saved
@@ -249,3 +320,10 @@ def test_save_leaves_no_partial_file_when_metadata_is_not_json(tmp_path):
     with pytest.raises((TypeError, ValueError)):
         save_checkpoint(_model(), path, bad=object())
     assert os.listdir(tmp_path) == []
+
+
+def test_device_or_fifo_is_refused_unread(tmp_path):
+    """/dev/zero has no end: only regular files are read."""
+    _refused("/dev/zero", "/dev/zero", "not a regular file")
+    os.mkfifo(tmp_path / "fifo")
+    _refused(tmp_path / "fifo", str(tmp_path / "fifo"), "not a regular file")

@@ -275,7 +275,9 @@ def test_lost_worker_node_its_blocks_run_elsewhere(two_node_cluster, checkpoint,
     np.testing.assert_array_equal(zarr.open_array(str(out / "0"))[:], reference_labels(model, image))
 
 
-SECRET = "s3cr3t-7d1f0b"
+SECRET = "s3cr3t-7d1f0b"          # in --storage-option
+ENV_SECRET = "env-s3cr3t-41c9e2"   # in AWS_SECRET_ACCESS_KEY
+URL_SECRET = "url-s3cr3t-a80f3d"   # in a URL's user info, which is refused
 
 
 def ray_log_text(ray_cluster) -> str:
@@ -284,12 +286,24 @@ def ray_log_text(ray_cluster) -> str:
     return "".join(p.read_text(errors="replace") for p in logs.rglob("*") if p.is_file())
 
 
-def test_secrets_never_appear_even_when_writes_fail(ray_cluster, checkpoint, s3_mosaic, s3_server, s3_bucket,
-                                                    tmp_path, capsys, caplog):
-    """A run whose writes are refused mid-run logs errors, reports failures and retries through a flaky
-    store: its secret key is in none of the output, logs (the driver's and Ray's), report or attributes."""
+def poison(s3_server, url: str, key: str) -> None:
+    """Replace one stored chunk of ``url`` with bytes no codec decodes: its block fails on every attempt."""
+    import s3fs
+
+    fs = s3fs.S3FileSystem(**s3_server.storage_options, skip_instance_cache=True)
+    fs.pipe_file(f"{url.removeprefix('s3://')}/{key}", b"not zstd " + SECRET.encode())
+
+
+def test_secrets_never_appear_whatever_fails(ray_cluster, checkpoint, s3_mosaic, s3_server, s3_bucket, tmp_path,
+                                             capsys, caplog, monkeypatch):
+    """Credentials in --storage-option, in the environment and in a refused URL, through every kind of
+    failure: a flaky store, writes refused mid-run, a poison block whose stored bytes hold the secret, an
+    unreachable endpoint, an output refusing writes from the start. No secret is in stdout, stderr, the
+    logs (the driver's and Ray's), the report or the output's attributes."""
     _, ckpt = checkpoint
     _, url = s3_mosaic
+    poison(s3_server, url, "c/1/1")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", ENV_SECRET)  # moto accepts any secret
     out = f"{s3_bucket}/out.zarr"
     with FaultProxy(s3_server.endpoint_url, fault_rate=0.1, seed=2,
                     deny=Deny("PUT", "/out.zarr/0/c/", after=4)) as proxy:
@@ -297,12 +311,20 @@ def test_secrets_never_appear_even_when_writes_fail(ray_cluster, checkpoint, s3_
         code = segment(url, out, "--checkpoint", ckpt, "--chunk", 64, "--block", 128, "--tile", 92,
                        "--max-retries", 0, *options, "--report", tmp_path / "r.json")
     assert code == 3 and proxy.denied and sum(proxy.faults.values())
+    report = (tmp_path / "r.json").read_text()
+    assert "c/1/1" in report or "decod" in report.lower() or "zstd" in report.lower(), report  # the poison fired
+    unreachable = ["--storage-option", "client_kwargs.endpoint_url=http://127.0.0.1:9"]
+    assert segment(url, tmp_path / "o1.zarr", "--checkpoint", ckpt, *unreachable) == 2  # secret from the env
+    refused = url.replace("s3://", f"s3://AKIAEXAMPLE:{URL_SECRET}@")
+    assert segment(refused, tmp_path / "o2.zarr", "--checkpoint", ckpt, *options) == 2
+    with FaultProxy(s3_server.endpoint_url, deny=Deny("PUT", "/refused.zarr/")) as proxy:
+        assert segment(url, f"{s3_bucket}/refused.zarr", "--checkpoint", ckpt, *through(proxy)) == 2
     printed = capsys.readouterr()
-    texts = {"stdout": printed.out, "stderr": printed.err, "log": caplog.text,
-             "report": (tmp_path / "r.json").read_text(),
+    texts = {"stdout": printed.out, "stderr": printed.err, "log": caplog.text, "report": report,
              "attributes": json.dumps(dict(s3_group(s3_server, out).attrs)), "ray logs": ray_log_text(ray_cluster)}
-    assert "failed" in texts["log"]
-    assert not [name for name, text in texts.items() if SECRET in text]
+    assert "failed" in texts["log"] and len(printed.err.strip().splitlines()) >= 4
+    assert not [(name, secret) for name, text in texts.items() for secret in (SECRET, ENV_SECRET, URL_SECRET)
+                if secret in text]
 
 
 def test_signed_checkpoint_url_is_redacted_in_errors(s3_server, s3_mosaic, tmp_path, capsys):

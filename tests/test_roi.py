@@ -119,3 +119,22 @@ def test_text_file_and_manifest_of_many_inputs_are_refused(tmp_path):
     manifest = tmp_path / "m.txt"
     manifest.write_text("a.zarr a-out.zarr\nb.zarr b-out.zarr\n")
     assert segment("--manifest", manifest, "--checkpoint", "x.safetensors", "--roi", "roi.png") == 2
+
+
+def test_huge_or_corrupt_masks_are_refused_from_their_metadata(tmp_path, monkeypatch):
+    """A mask's size is checked before its pixels are read or decoded: a 10^12-px Zarr array (metadata
+    only) or a PNG of 9000 x 9000 px costs nothing; a truncated file is one line."""
+    zarr.create_array(str(tmp_path / "huge.zarr"), shape=(10**6, 10**6), chunks=(1024, 1024), dtype="uint8")
+    monkeypatch.setattr(zarr.Array, "__getitem__", lambda *a: pytest.fail("the mask's pixels were read"))
+    with pytest.raises(UNetError, match="expected a low-resolution mask"):
+        load_roi(str(tmp_path / "huge.zarr"), {}, (10**6, 10**6))
+    from PIL import Image
+
+    for side in (9000, 1 << 16):  # above MAX_PIXELS; and above PIL's own decompression-bomb limit
+        Image.new("1", (side, side)).save(tmp_path / "big.png")
+        with pytest.raises(UNetError, match="expected a low-resolution mask"):
+            load_roi(str(tmp_path / "big.png"), {}, (side, side))
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64), dtype=np.uint8)).save(tmp_path / "s.png")
+    (tmp_path / "cut.png").write_bytes((tmp_path / "s.png").read_bytes()[:2000])
+    with pytest.raises(UNetError, match="cannot be decoded"):
+        load_roi(str(tmp_path / "cut.png"), {}, (64, 64))

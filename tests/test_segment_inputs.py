@@ -3,7 +3,10 @@ written into their image, dtype rescaling, and the command line as a newcomer ru
 
 from __future__ import annotations
 
+import json
 import pickle
+import re
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +21,9 @@ from helpers import run_segment, write_ome_image
 from unet import InputContract, UNet, predict_image, save_checkpoint
 from unet.api import main
 from unet.cli import run
+from unet.errors import UNetError
+from unet.job.options import SegmentOptions
+from unet.nn.checkpoint import checkpoint_bytes
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,7 +57,32 @@ def images(tmp_path_factory):
     save_checkpoint(UNet(depth=2, base_channels=2, input=InputContract(channels=1, dtype="uint8")),
                     root / "at-2um.safetensors", pixel_size={"value": 2.0, "unit": "micrometer"})
     write_ome_image(root / "ome.zarr", gray)
+    write_hostile_inputs(root)
     return root, gray
+
+
+def write_hostile_inputs(root: Path) -> None:
+    """Inputs whose metadata alone must be refused: absurd arrays (no chunk is written), a checkpoint whose
+    config asks for a 39 TB network beside small tensors, a plain file where an OUTPUT would go, manifests."""
+    zarr.create_array(str(root / "pixel-chunks.zarr"), shape=(100_000, 100_000), chunks=(1, 1), dtype="uint8")
+    zarr.create_array(str(root / "huge.zarr"), shape=(31_622_777,) * 2, chunks=(1024, 1024), dtype="uint8")
+    zarr.create_array(str(root / "empty.zarr"), shape=(0, 10), dtype="uint8")
+    contract = InputContract(channels=1, dtype="uint8", value_range=(0.0, 255.0))
+    data = checkpoint_bytes(UNet(depth=3, base_channels=4, input=contract))
+    (root / "huge-config.safetensors").write_bytes(with_config(data, base_channels=2**20))
+    (root / "plain.txt").write_text("not an output")
+    (root / "twice.txt").write_text(f"{root / 'gray.zarr'} {root / 'a.zarr'}\n{root / 'u16.zarr'} {root / 'a.zarr'}/\n")
+    (root / "binary.txt").write_bytes(b"\xff\xfe gray.zarr out.zarr\n")
+
+
+def with_config(data: bytes, **changes) -> bytes:
+    """A checkpoint's bytes with its header's config changed, the tensors left as they are."""
+    (size,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + size])
+    header["__metadata__"]["config"] = json.dumps({**json.loads(header["__metadata__"]["config"]), **changes})
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    return struct.pack("<Q", len(raw)) + raw + data[8 + size:]
 
 
 @pytest.mark.parametrize("name, argv, words", BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
@@ -64,12 +95,17 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(uint8_checkpoint, image
         args[args.index("--ckpt")] = "--checkpoint"
     else:
         args += ["--checkpoint", uint8_checkpoint[1]]
-    before = sorted(p.relative_to(root) for p in root.rglob("*"))
+    before = snapshot(root)
     assert run(main, args) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("error: ") and words in err, err
-    assert "Traceback" not in err and not out.exists()
-    assert sorted(p.relative_to(root) for p in root.rglob("*")) == before
+    assert "Traceback" not in err and "s3cr3t" not in err and not out.exists()
+    assert snapshot(root) == before
+
+
+def snapshot(root: Path) -> dict[Path, tuple[int, int]]:
+    """(size, modification time) of everything under ``root``: an existing output must stay as it was."""
+    return {p.relative_to(root): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*")}
 
 
 @pytest.mark.parametrize("output", ["{input}", "{input}/inner.zarr"])
@@ -129,3 +165,17 @@ def test_command_line_help_and_errors_as_a_newcomer_sees_them(images, tmp_path):
                             capture_output=True, text=True, timeout=120)
     assert failed.returncode == 2 and failed.stderr.strip().count("\n") == 0
     assert "nope.safetensors" in failed.stderr and "not found" in failed.stderr
+
+
+@pytest.mark.parametrize("field, value, words", [
+    ("workers", 0, "--workers: expected an integer from 1 to 10000, found 0"),
+    ("tile", 572.0, "--tile: expected an integer"),
+    ("batch_size", True, "--batch-size: expected an integer"),
+    ("block_timeout", float("inf"), "--block-timeout: expected a number > 0"),
+    ("cpus_per_worker", 0.0, "--cpus-per-worker: expected a number > 0"),
+    ("gpus_per_worker", -1, "--gpus-per-worker: expected a number >= 0"),
+    ("device", "tpu", "--device: expected cpu, cuda or cuda:N"),
+])
+def test_options_built_in_python_are_range_checked_as_the_command_line_is(field, value, words):
+    with pytest.raises(UNetError, match=re.escape(words)):
+        SegmentOptions(pairs=(("in.zarr", "out.zarr"),), checkpoint="m.safetensors", **{field: value})

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 import pytest
 
-from unet.errors import UNetError, redact, redact_text
-from unet.io.urls import fs_and_path, is_inside, parse_storage_options, resolve_storage_options, same_store
+from unet.errors import (RedactingFilter, UNetError, redact, redact_json, redact_text, remember_argv_secrets,
+                         remember_environment_secrets)
+from unet.io.urls import (check_storage_options, check_url, fs_and_path, is_inside, parse_storage_options,
+                          resolve_storage_options, same_store)
 
 
 @pytest.mark.parametrize("url, expected", [
@@ -21,6 +24,11 @@ from unet.io.urls import fs_and_path, is_inside, parse_storage_options, resolve_
     ("https://acct.blob.core.windows.net/c/m.zarr?sv=2022&sig=s3cr3t#frag",
      "https://acct.blob.core.windows.net/c/m.zarr"),
     ("simplecache::https://u:s3cr3t@host/m.tif?token=s3cr3t", "simplecache::https://host/m.tif"),
+    ("s3://AKIAXXX:s3cr3t/with+slash@bucket/m.zarr", "s3://bucket/m.zarr"),  # AWS secret keys may hold '/'
+    ("s3://AKIAXXX:s3cr3t@with@at@bucket/m.zarr", "s3://bucket/m.zarr"),
+    ("s3://bucket/scene@2x.zarr", "s3://bucket/scene@2x.zarr"),              # an '@' in a path is a path
+    ("http://host:9000/bucket/a@b", "http://host:9000/bucket/a@b"),
+    ("s3://[broken/m.zarr?x=s3cr3t", "s3://[broken/m.zarr"),                  # unparsable, still redacted
 ])
 def test_redact_removes_credentials_and_queries(url, expected):
     assert redact(url) == expected
@@ -124,3 +132,62 @@ def test_fs_and_path_gives_the_filesystem_and_its_path(tmp_path):
     assert fs.protocol[0] == "file" and path == f"{tmp_path}/m.zarr"
     fs, path = fs_and_path("memory://b/m.zarr", {})
     assert "memory" in fs.protocol and path == "/b/m.zarr"
+
+
+@pytest.mark.parametrize("url, output, words", [
+    ("s3://AKIAXXX:s3cr3t@bucket/m.zarr", False, "expected no credentials in the URL"),
+    ("https://ghp_s3cr3t0@host/m.tif", False, "expected no credentials in the URL"),
+    ("simplecache::s3://k:s3cr3t/x@b/m.zarr", False, "expected no credentials in the URL"),
+    ("nosuch://bucket/m.zarr", False, "expected a storage protocol fsspec knows"),
+    ("s3:///m.zarr", False, "expected a bucket or host after s3://"),
+    ("s3://bucket/m.zarr?versionId=s3cr3t", False, "expected no query string on s3:// URLs"),
+    ("https://host/out.zarr?sig=s3cr3t", True, "expected no query string on an OUTPUT"),
+])
+def test_check_url_refuses_in_one_line_without_the_secret(url, output, words):
+    with pytest.raises(UNetError, match=words) as error:
+        check_url(url, "INPUT", output=output)
+    assert "s3cr3t" not in str(error.value) and "\n" not in str(error.value)
+    assert str(error.value).startswith(f"INPUT {redact(url)}: ")
+
+
+@pytest.mark.parametrize("url", ["/data/m.zarr", "s3://bucket/m.zarr", "https://b.s3.amazonaws.com/m.tif?X-Amz-Signature=x",
+                                 "memory://m.zarr", "simplecache::https://host/m.tif", "s3://bucket/scene@2x.zarr",
+                                 "http://127.0.0.1:9000/bucket/m.zarr"])
+def test_check_url_accepts_usable_urls(url):
+    check_url(url, "INPUT")
+
+
+def test_secrets_given_anywhere_are_masked_in_any_text(monkeypatch):
+    """Libraries print paths without their scheme ("KEY:SECRET@bucket/…") and options in their own words:
+    the values themselves are masked, wherever they appear."""
+    with pytest.raises(UNetError):
+        check_url("s3://AKIAURLKEY:url-s3cr3t@bucket/m.zarr", "INPUT")
+    check_storage_options({"key": "AKIAOPTION", "client_kwargs": {"aws_session_token": "token-s3cr3t"},
+                           "anon": False, "endpoint_url": "http://127.0.0.1:9000"})
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "env-s3cr3t")
+    remember_environment_secrets()
+    remember_argv_secrets(["--storage-option=secret=argv-s3cr3t", "s3://bucket/x?sig=query-s3cr3t"])
+    text = ("Invalid bucket name AKIAURLKEY:url-s3cr3t@bucket: key AKIAOPTION, token token-s3cr3t, "
+            "env-s3cr3t, argv-s3cr3t, query-s3cr3t at http://127.0.0.1:9000")
+    assert redact_text(text) == ("Invalid bucket name ***@bucket: key ***, token ***, ***, ***, *** "
+                                 "at http://127.0.0.1:9000")
+    assert redact_json({"error": [text], "n": 3}) == {"error": [redact_text(text)], "n": 3}
+
+
+def test_short_values_and_locations_are_not_taken_for_secrets(monkeypatch, tmp_path):
+    check_storage_options({"key": "k", "secret": "s3", "anon": "abcdefgh"})
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path))
+    remember_environment_secrets()
+    assert redact_text(f"k s3 abcdefgh {tmp_path}") == f"k s3 abcdefgh {tmp_path}"
+
+
+def test_redacting_filter_redacts_messages_and_tracebacks(caplog):
+    check_storage_options({"secret": "log-s3cr3t"})
+    log = logging.getLogger("unet.test-redaction")
+    log.addFilter(RedactingFilter())
+    try:
+        raise RuntimeError("cannot write s3://k:log-s3cr3t@b/x?sig=1 with log-s3cr3t")
+    except RuntimeError:
+        log.exception("failed: %s", "log-s3cr3t")
+    assert "log-s3cr3t" not in caplog.text and "sig=" not in caplog.text
+    assert "failed: ***" in caplog.text and "RuntimeError: cannot write s3://b/x with ***" in caplog.text

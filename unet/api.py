@@ -21,7 +21,7 @@ from unet.job.cog import write_cogs
 from unet.job.driver import run_jobs
 from unet.job.options import SegmentOptions, parse_options
 from unet.job.prepare import prepare_jobs, provenance, read_checkpoint, resume
-from unet.job.report import Report, build_report, print_plan, summary_line, write_report
+from unet.job.report import Report, build_report, check_report_path, print_plan, summary_line, write_report
 
 EXIT_PARTIAL = 3
 
@@ -42,6 +42,8 @@ def segment(options: SegmentOptions) -> Report:
         return build_report(jobs, None)
     if options.cog:
         check_cog_destination(options.cog, resolve_storage_options(options.cog, options.storage_options))
+    if options.report:
+        check_report_path(options.report)
     todo = [job for job in jobs if not job.complete]
     for job in todo:
         resume(job)

@@ -68,7 +68,7 @@ class TilePredictor:
         self._scale = torch.tensor(contract.scale, dtype=torch.float32, device=self.device).view(-1, 1, 1)
 
     def _set_geometry(self, tile: int, batch_size: int | None) -> None:
-        self.tile = self._check_tile(self.model, tile)
+        self.tile = self.check_tile(self.model, tile)
         if self.config.padding == "valid":
             self.before, self.keep_offset = self.model.margin, 0
             self.out_tile = self.model.output_size(self.tile)
@@ -92,7 +92,8 @@ class TilePredictor:
 
     # -- tile choice --------------------------------------------------------------------------------
     @staticmethod
-    def _check_tile(model: UNet, tile: int) -> int:
+    def check_tile(model: UNet, tile: int) -> int:
+        """``tile`` itself if it is a valid input size for ``model`` whose output covers its pooling grid."""
         if isinstance(tile, bool) or not isinstance(tile, (int, np.integer)):
             raise UNetError(f"tile: expected an integer number of pixels, found {tile!r}")
         tile = int(tile)

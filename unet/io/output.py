@@ -22,7 +22,7 @@ import fsspec
 import numpy as np
 import zarr
 
-from unet.errors import UNetError, redact
+from unet.errors import UNetError, redact, redact_json
 from unet.io.urls import fs_and_path, open_store
 
 MARKERS = "_unet/done"
@@ -62,6 +62,27 @@ def filesystem(url: str, storage_options: dict | None = None) -> tuple[fsspec.Ab
     return fs, path.rstrip("/")
 
 
+def check_output_location(spec: OutputSpec) -> None:
+    """An output is a folder (a prefix): refuse a location that is a plain file, or lies below one."""
+    fs, path = filesystem(spec.url, spec.storage_options)
+    for place in (path, *_local_parents(fs, path)):
+        if fs.isfile(place):
+            where = "" if place == path else f" at {place}"
+            raise UNetError(f"OUTPUT {redact(spec.url)}: expected a new location or a Zarr group (a folder), "
+                            f"found a plain file{where}; choose another OUTPUT or remove the file")
+
+
+def _local_parents(fs: fsspec.AbstractFileSystem, path: str) -> list[str]:
+    """The folders above a local ``path``, up to the first that exists (object stores have no folders)."""
+    if not ("file" in fs.protocol or "local" in fs.protocol):
+        return []
+    parents = []
+    while not fs.exists(path) and posixpath.dirname(path) != path:
+        path = posixpath.dirname(path)
+        parents.append(path)
+    return parents
+
+
 def read_unet_attrs(spec: OutputSpec) -> dict[str, Any] | None:
     """The ``unet`` attributes of an existing output group, {} for a foreign Zarr node, None if absent."""
     fs, path = filesystem(spec.url, spec.storage_options)
@@ -97,7 +118,7 @@ def _create_output(spec: OutputSpec, unet_attrs: dict[str, Any], overwrite: bool
         if fs.exists(path):
             fs.rm(path, recursive=True)
     group = zarr.create_group(open_store(spec.url, spec.storage_options), overwrite=True,
-                              attributes={"unet": unet_attrs})
+                              attributes={"unet": redact_json(unet_attrs)})
     # A group of its own, so that Zarr readers listing OUTPUT see a known node, not a stray folder.
     group.create_group("_unet", attributes={"description": "unet job state: one done-marker per block"})
     for level, shape in enumerate(spec.level_shapes):
@@ -120,7 +141,7 @@ def update_unet_attrs(spec: OutputSpec, **changes: Any) -> None:
     with writing(spec):
         group = zarr.open_group(open_store(spec.url, spec.storage_options), mode="r+")
         before: Any = group.attrs.get("unet", {})
-        group.attrs["unet"] = {**before, **changes}
+        group.attrs["unet"] = redact_json({**before, **changes})
 
 
 def write_ome_metadata(spec: OutputSpec, ome: dict[str, Any]) -> None:

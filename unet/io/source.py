@@ -10,7 +10,8 @@ or z axis is dropped.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -101,10 +102,25 @@ def open_source(spec: SourceSpec) -> Source:
         tiff = open_tiff_level(spec.url, spec.storage_options, spec.level or 0, name)
         return _source(spec, name, tiff.array, tiff.roles, axis_names=tiff.axes, scale=tiff.scale,
                        georef=tiff.georef)
-    node = _open_zarr(spec.url, spec.storage_options, name)
-    if isinstance(node, zarr.Array):
-        return _open_plain(spec, name, node, {})
-    return _open_group(spec, name, node)
+    with metadata_errors(f"input {name}"):
+        node = _open_zarr(spec.url, spec.storage_options, name)
+        if isinstance(node, zarr.Array):
+            return _open_plain(spec, name, node, {})
+        return _open_group(spec, name, node)
+
+
+@contextmanager
+def metadata_errors(what: str) -> Iterator[None]:
+    """Metadata is untrusted JSON: whatever error its parsing raises (zarr's, OME's) becomes one line
+    about ``what`` (e.g. "input s3://b/m.zarr")."""
+    try:
+        yield
+    except UNetError:
+        raise
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError, NotImplementedError,
+            RecursionError) as e:
+        raise UNetError(f"{what}: expected valid Zarr metadata, found {type(e).__name__}: "
+                        f"{redact_text(str(e))[:200]}") from None
 
 
 NOT_FOUND = "not found (expected a Zarr array or group, an OME-Zarr image or a TIFF file)"
@@ -170,8 +186,6 @@ def _open_zarr(url: str, storage_options: Mapping[str, Any], name: str) -> zarr.
     except zarr.errors.NodeNotFoundError:
         raise UNetError(f"input {name}: expected a Zarr array or group, "
                         f"found no {'/'.join(ZARR_KEYS)}") from None
-    except ValueError as e:  # zarr's metadata errors and JSON decoding errors
-        raise UNetError(f"input {name}: expected valid Zarr metadata, found {redact_text(str(e))}") from None
 
 
 def _open_group(spec: SourceSpec, name: str, group: zarr.Group) -> Source:

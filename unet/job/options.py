@@ -4,16 +4,18 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
-from collections.abc import Iterator, Sequence
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import fsspec
-
-from unet.cli import add_debug_flag
-from unet.errors import UNetError, redact
-from unet.io.urls import parse_storage_options, resolve_storage_options
+from unet.cli import ArgumentParser, add_debug_flag
+from unet.errors import UNetError, redact, remember_argv_secrets
+from unet.io.urls import check_storage_options, check_url, parse_storage_options
+from unet.job.limits import check_options
+from unet.job.manifest import read_manifest
 
 DEFAULT_CHUNK = 1024
 
@@ -55,7 +57,8 @@ class SegmentOptions:
     cog: str | None = None  # also write the class image as a Cloud-Optimized GeoTIFF here
 
     def __post_init__(self) -> None:
-        """What no single option shows on its own (the parser checks the rest)."""
+        """Every option's range (``unet.job.limits``), and what no single option shows on its own."""
+        check_options(self)
         if not self.objects and (self.object_classes is not None or self.min_area):
             given = "--object-classes" if self.object_classes is not None else "--min-area"
             raise UNetError(f"{given}: expected together with --objects, found it alone; add --objects")
@@ -67,9 +70,15 @@ class SegmentOptions:
                                 f"inputs; run each input with its own {flag}")
         if self.tta not in (1, 4, 8):
             raise UNetError(f"--tta: expected 4 or 8 flips (1: none), found {self.tta}")
-        if self.input_range is not None and not self.input_range[1] > self.input_range[0]:
+        if self.input_range is not None:
             lo, hi = self.input_range
-            raise UNetError(f"--input-range: expected LO < HI, found '{lo:g},{hi:g}'")
+            if not (math.isfinite(lo) and math.isfinite(hi)):
+                raise UNetError(f"--input-range: expected finite LO,HI, found '{lo:g},{hi:g}'")
+            if not hi > lo:
+                raise UNetError(f"--input-range: expected LO < HI, found '{lo:g},{hi:g}'")
+        if self.as_label is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", self.as_label):
+            raise UNetError(f"--as-label: expected a name of letters, digits, '.', '_' or '-' (it names a folder "
+                            f"in INPUT/labels), found {self.as_label[:40]!r}")
 
     @classmethod
     def of(cls, input: str | os.PathLike, output: str | os.PathLike, checkpoint: str | os.PathLike,
@@ -84,7 +93,7 @@ class SegmentOptions:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="segment.py",
         description="Segment a huge 2-D image (Zarr array, OME-Zarr, TIFF/SVS; local, s3:// or any fsspec URL) "
                     "with a trained U-Net on a Ray cluster, and write the stitched labels as an OME-Zarr label "
@@ -156,24 +165,35 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_options(argv: Sequence[str]) -> SegmentOptions:
+    """The command line as one frozen value; every URL and option checked, nothing opened but the manifest.
+    Secrets in ``argv`` are noted first, so that even a parse error that echoes one is redacted."""
+    remember_argv_secrets(argv)
     a = build_parser().parse_args(argv)
+    storage_options = parse_storage_options(a.storage_option)
+    check_storage_options(storage_options)
+    check_url(a.checkpoint, "--checkpoint")
+    for flag, url in (("--roi", a.roi), ("--cog", a.cog)):
+        if url:
+            check_url(url, flag, output=flag == "--cog")
     return SegmentOptions(
-        pairs=_pairs(a), checkpoint=a.checkpoint, level=a.level, axes=a.axes, chunk=a.chunk, shard=a.shard,
+        pairs=_pairs(a, storage_options), checkpoint=a.checkpoint, level=a.level, axes=a.axes, chunk=a.chunk, shard=a.shard,
         block=a.block, tile=a.tile, batch_size=a.batch_size, workers=a.workers, gpus_per_worker=a.gpus_per_worker,
         cpus_per_worker=a.cpus_per_worker, device=a.device, amp=a.amp, compile=a.compile, probabilities=a.probabilities,
         overwrite=a.overwrite, as_label=a.as_label, input_range=_range(a.input_range), roi=a.roi,
-        storage_options=parse_storage_options(a.storage_option), dry_run=a.dry_run, report=a.report,
+        storage_options=storage_options, dry_run=a.dry_run, report=a.report,
         block_timeout=a.block_timeout, max_retries=a.max_retries, progress=a.progress, objects=a.objects,
         object_classes=a.object_classes, min_area=a.min_area, tta=a.tta, cog=a.cog)
 
 
-def _pairs(a: argparse.Namespace) -> tuple[tuple[str, str], ...]:
+def _pairs(a: argparse.Namespace, storage_options: dict) -> tuple[tuple[str, str], ...]:
     if a.manifest:
         if a.input:
             raise UNetError("--manifest: expected either --manifest or INPUT OUTPUT, found both")
-        return tuple(read_manifest(a.manifest, parse_storage_options(a.storage_option)))
+        check_url(a.manifest, "--manifest")
+        return read_manifest(a.manifest, storage_options)
     if not a.input:
         raise UNetError("INPUT: expected an input image (or --manifest), found none")
+    check_url(a.input, "INPUT")
     if a.as_label:
         if a.output:
             raise UNetError(f"--as-label {a.as_label}: expected no OUTPUT (it goes to INPUT/labels/NAME), "
@@ -181,6 +201,7 @@ def _pairs(a: argparse.Namespace) -> tuple[tuple[str, str], ...]:
         return ((a.input, ""),)  # the label location depends on the image's layout: see prepare_job
     if not a.output:
         raise UNetError("OUTPUT: expected an output location after INPUT, found none")
+    check_url(a.output, "OUTPUT", output=True)
     return ((a.input, a.output),)
 
 
@@ -190,25 +211,6 @@ def _range(text: str | None) -> tuple[float, float] | None:
     try:
         lo, hi = (float(v) for v in text.split(","))
     except ValueError:
-        raise UNetError(f"--input-range: expected LO,HI (e.g. 0,65535), found {text!r}") from None
+        raise UNetError(f"--input-range: expected LO,HI (e.g. 0,65535), found {text[:40]!r}") from None
     return lo, hi
 
-
-def read_manifest(url: str, storage_options: dict) -> Iterator[tuple[str, str]]:
-    try:
-        with fsspec.open(url, "rt", **resolve_storage_options(url, storage_options)) as f:
-            lines = f.read().splitlines()
-    except FileNotFoundError:
-        raise UNetError(f"--manifest {redact(url)}: file not found") from None
-    pairs = []
-    for number, line in enumerate(lines, start=1):
-        words = line.split("#")[0].split()
-        if not words:
-            continue
-        if len(words) != 2:
-            raise UNetError(f"--manifest {redact(url)} line {number}: expected 'INPUT OUTPUT', "
-                            f"found {len(words)} field(s)")
-        pairs.append((words[0], words[1]))
-    if not pairs:
-        raise UNetError(f"--manifest {redact(url)}: expected at least one 'INPUT OUTPUT' line, found none")
-    return iter(pairs)

@@ -16,12 +16,15 @@ import numpy as np
 
 from unet.errors import CheckpointError, UNetError, redact
 from unet.infer.instances import InstanceMethod
+from unet.infer.predict import TilePredictor
 from unet.io.georef import affine_transform
-from unet.io.output import STATUS_COMPLETE, OutputSpec, check_writable, done_keys, read_unet_attrs
+from unet.io.output import (STATUS_COMPLETE, OutputSpec, check_output_location, check_writable, done_keys,
+                            read_unet_attrs)
 from unet.io.pixelsize import PixelSize, checkpoint_pixel_size
 from unet.io.source import Source, SourceSpec
 from unet.io.urls import is_inside, resolve_storage_options
 from unet.job.level import LevelChoice, open_level
+from unet.job.limits import check_plan
 from unet.job.options import SegmentOptions
 from unet.job.plan import BlockPlan, Geometry, check_block_size
 from unet.job.pyramid import level_plan
@@ -89,7 +92,10 @@ def instance_method(metadata: dict[str, Any], model: UNet, name: str) -> Instanc
 
 def prepare_jobs(opts: SegmentOptions, checkpoint: Checkpoint) -> list[PreparedJob]:
     """Every pair of the run, validated and planned, in order. With --objects, a checkpoint that records no
-    instance method (a model trained before contour objects) is said, once, to label connected components."""
+    instance method (a model trained before contour objects) is said, once, to label connected components.
+    A --tile the network cannot use is refused here, on the driver, rather than by every worker as it starts."""
+    if opts.tile is not None:
+        TilePredictor.check_tile(checkpoint.model, opts.tile)
     jobs = [prepare_job(opts, pair, checkpoint.model, checkpoint.sha256, checkpoint.class_names,
                         checkpoint.instance_method, checkpoint.pixel_size) for pair in opts.pairs]
     if opts.objects and checkpoint.instance_method is None:  # once, and only for a run that goes ahead
@@ -126,10 +132,12 @@ def prepare_job(opts: SegmentOptions, pair: tuple[str, str], model: UNet, checkp
         raise UNetError(f"OUTPUT {redact(out_url)}: expected a location outside INPUT {redact(in_url)}, "
                         "found it inside (use --as-label NAME to write labels into an OME-Zarr image)")
     check_block_size(opts.block_size, opts.chunk, opts.shard)
+    check_plan(redact(in_url), source.shape, source.chunks, opts.block_size)
     out = OutputSpec(out_url, source.shape, opts.chunk, opts.shard, model.config.num_classes,
                      opts.probabilities, storage_options=so_out)
     objects = (objects_spec(out, object_classes(opts.object_classes, class_names, method), opts.min_area,
                             affine_transform(source.georef) is not None, method) if opts.objects else None)
+    check_output_location(out)
     existing = read_unet_attrs(out)
     block = resumed_block(opts, existing) or opts.block_size  # without --block, a new output's is chosen by cost
     fingerprint = {"checkpoint_sha256": checkpoint_sha, "input": redact(in_url), "level": level.level,

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from unet.errors import redact
+from unet.errors import UNetError, redact, redact_json
 from unet.infer.geometry import Calibration
 from unet.io.output import STATUS_COMPLETE, OutputWriter
 from unet.io.quicklook import save_quicklook
@@ -113,10 +113,19 @@ def build_report(jobs: Sequence[PreparedJob], stats: RunStats | None) -> Report:
     return Report(outputs, stats)
 
 
+def check_report_path(path: str) -> None:
+    """The report is written at the end of a run: refuse, before the run, a path where it cannot be."""
+    parent = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path) or not os.path.isdir(parent):
+        found = "a directory" if os.path.isdir(path) else f"no folder {parent}"
+        raise UNetError(f"--report {path}: expected a JSON file name in an existing folder, found {found}")
+
+
 def write_report(path: str, report: Report, jobs: Sequence[PreparedJob]) -> None:
-    """The JSON report, and a PNG quicklook of each finished output's lowest level beside it."""
+    """The JSON report (redacted, as every message that leaves the process), and a PNG quicklook of each
+    finished output's lowest level beside it."""
     with open(path, "w") as f:
-        json.dump(report.to_dict(), f, indent=2)
+        json.dump(redact_json(report.to_dict()), f, indent=2)
     stem = os.path.splitext(path)[0]
     for index, job in enumerate(jobs):
         if not job.failed:

@@ -10,16 +10,20 @@ blocks, it does not mask the output. The driver holds the mask, so it must stay 
 from __future__ import annotations
 
 import io
+import math
 import posixpath
 from dataclasses import dataclass
 
 import numpy as np
 
 from unet.errors import UNetError, redact
+from unet.files import read_small_file
+from unet.io.source import metadata_errors
 from unet.io.urls import fs_and_path, open_store
 from unet.job.plan import Block
 
 MAX_PIXELS = 1 << 26       # 64 Mpx: 64 MB of booleans in the driver
+MAX_FILE_BYTES = 1 << 28   # 256 MB: no compressed image of MAX_PIXELS needs more
 MAX_ASPECT_ERROR = 0.1     # relative difference of the two axes' scales beyond rounding
 
 
@@ -45,18 +49,22 @@ def load_roi(url: str, storage_options: dict, shape: tuple[int, int]) -> RegionO
     """Read and check the mask at ``url`` for a mosaic of ``shape``; UNetError (one line) if unusable."""
     name = f"--roi {redact(url)}"
     mask = _read_mask(url, storage_options, name)
-    if mask.ndim != 2:
-        raise UNetError(f"{name}: expected a 2-D mask (y, x), found {mask.ndim}-D with shape {mask.shape}; "
-                        "save one channel")
-    if mask.size > MAX_PIXELS or 0 in mask.shape:
-        raise UNetError(f"{name}: expected a low-resolution mask of 1 to {MAX_PIXELS} pixels, found shape "
-                        f"{mask.shape}; downsample it")
     _check_aspect(mask.shape, shape, name)
     mask = mask != 0
     if not mask.any():
         raise UNetError(f"{name}: expected some non-zero pixels of interest, found none (nothing would be "
                         "segmented)")
     return RegionOfInterest(mask, (shape[0], shape[1]))
+
+
+def _check_shape(shape: tuple[int, ...], name: str) -> None:
+    """From the mask's metadata, before its pixels are read: 2-D and small enough for the driver."""
+    if len(shape) != 2:
+        raise UNetError(f"{name}: expected a 2-D mask (y, x), found {len(shape)}-D with shape {tuple(shape)}; "
+                        "save one channel")
+    if math.prod(shape) > MAX_PIXELS or 0 in shape:
+        raise UNetError(f"{name}: expected a low-resolution mask of 1 to {MAX_PIXELS} pixels, found shape "
+                        f"{tuple(shape)}; downsample it")
 
 
 def _check_aspect(mask_shape: tuple[int, int], shape: tuple[int, int], name: str) -> None:
@@ -69,35 +77,44 @@ def _check_aspect(mask_shape: tuple[int, int], shape: tuple[int, int], name: str
 
 
 def _read_mask(url: str, storage_options: dict, name: str) -> np.ndarray:
-    """The mask's pixels: a Zarr array (a folder or prefix with zarr.json or .zarray), else an image file."""
+    """The mask's pixels: a Zarr array (a folder or prefix with zarr.json or .zarray), else an image file;
+    its shape is checked from metadata before any pixel is read or decoded."""
     import zarr
 
     fs, path = fs_and_path(url, storage_options)
     path = path.rstrip("/")
     if any(fs.exists(posixpath.join(path, key)) for key in ("zarr.json", ".zarray")):
-        node = zarr.open(store=open_store(url, storage_options, read_only=True), mode="r")
-        if not isinstance(node, zarr.Array):
-            raise UNetError(f"{name}: expected a Zarr array, found a group; point the URL at the array")
-        return np.asarray(node[...])
-    try:
-        data = fs.cat_file(path)
-    except (FileNotFoundError, IsADirectoryError):
-        raise UNetError(f"{name}: not found (expected a 2-D Zarr array or a PNG/TIFF/JPEG mask)") from None
+        with metadata_errors(name):
+            node = zarr.open(store=open_store(url, storage_options, read_only=True), mode="r")
+            if not isinstance(node, zarr.Array):
+                raise UNetError(f"{name}: expected a Zarr array, found a group; point the URL at the array")
+            _check_shape(node.shape, name)
+            return np.asarray(node[...])
+    data = read_small_file(url, storage_options, what=name, expected="a 2-D Zarr array or a PNG/TIFF/JPEG mask",
+                           limit=MAX_FILE_BYTES)
     return _decode_image(data, name)
 
 
 def _decode_image(data: bytes, name: str) -> np.ndarray:
     import tifffile
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     from unet.io.tiff import is_tiff_header
 
-    if is_tiff_header(data):
-        return tifffile.imread(io.BytesIO(data))
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        if is_tiff_header(data):
+            with tifffile.TiffFile(io.BytesIO(data)) as tiff:
+                _check_shape(tiff.series[0].shape, name)
+                return tiff.series[0].asarray()
+        with Image.open(io.BytesIO(data)) as image:  # decodes nothing until asked
+            bands = len(image.getbands())
+            _check_shape((image.height, image.width, *([bands] if bands > 1 else [])), name)
             return np.asarray(image)
-    except UnidentifiedImageError:
+    except Image.DecompressionBombError:
+        raise UNetError(f"{name}: expected a low-resolution mask of 1 to {MAX_PIXELS} pixels, found an image "
+                        "far larger; downsample it") from None
+    except UNetError:
+        raise
+    except Exception as e:  # noqa: BLE001 - PIL and tifffile raise many types for corrupt files
         raise UNetError(f"{name}: expected a 2-D Zarr array or a PNG/TIFF/JPEG mask, found a file that is "
-                        "neither") from None
-
+                        f"neither or cannot be decoded ({type(e).__name__})") from None

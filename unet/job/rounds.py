@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
-from unet.errors import redact
+from unet.errors import redact, redact_text
 from unet.job.plan import Block, BlockPlan
 from unet.job.progress import Progress
 from unet.job.pyramid import level_plan
@@ -68,6 +68,7 @@ def run_round(scheduler: Scheduler, jobs: Sequence[J], blocks: Callable[[J], Ite
 
     def failed(task: Task, reason: str) -> None:
         index, block = task.tag
+        reason = redact_text(reason)  # a worker's error text: the Report a Python caller gets holds it too
         jobs[index].failed.append(BlockFailure(reason, block))
         log.error("unet: %s of %s failed: %s", block.describe(), redact(jobs[index].spec.output.url), reason)
 
