@@ -19,7 +19,7 @@ ACTOR_SIDE = {"unet.job.actor", "unet.job.skip", "unet.job.objects.actor", "unet
               "unet.job.objects.grow"}
 SHARED = {"unet.job", "unet.job.objects", "unet.job.spec", "unet.job.plan", "unet.job.pyramid", "unet.job.roi",
           "unet.job.options", "unet.job.prepare", "unet.job.report", "unet.job.objects.summary", "unet.job.level",
-          "unet.job.geometry"}
+          "unet.job.geometry", "unet.job.limits", "unet.job.manifest"}
 
 
 def module_name(path: Path) -> str:
