@@ -90,10 +90,10 @@ def run_jobs(jobs: Sequence[PreparedJob], opts: SegmentOptions, checkpoint: byte
     try:
         calibration: Calibration = scheduler.ask_first(ActorMethod.CALIBRATION)
         startup.mark("first worker and its calibration")
-        announce(calibration)
         for job in jobs:
             fit_geometry(job, calibration, opts, res.workers * scheduler.per_worker)
             _start_output(job, provenance)
+        announce(calibration)  # after the outputs exist: an output that cannot be created is one line alone
         total = sum(j.source.shape[0] * j.source.shape[1] for j in jobs)
         progress = Progress(total, sum(j.pixels_done for j in jobs), sum(len(j.plan) for j in jobs), opts.progress)
         run_round(scheduler, jobs, lambda job: job.plan, _level0_call, progress)
