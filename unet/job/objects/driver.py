@@ -33,7 +33,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import zarr
 
-from unet.io.georef import affine_transform, crs_name
+from unet.io.georef import crs_name, level_transform
 from unet.io.ome import label_metadata
 from unet.io.output import OutputSpec, create_label_array, done_keys, filesystem, write_ome_metadata
 from unet.io.urls import open_store
@@ -153,7 +153,7 @@ def _finish_objects(job: PreparedJob, merged: MergedObjects, class_names: Sequen
     """Write the table, the outlines and the instances' OME metadata; return the counts per class."""
     spec, source = _objects(job), job.source
     columns = object_columns(merged, class_names, source.scale, source.translation)
-    transform, crs = affine_transform(source.georef), crs_name(source.georef)
+    transform, crs = level_transform(source.georef, source.scale), crs_name(source.georef)  # of the level segmented
     if transform is not None:
         x, y = transform @ (columns["centroid_x"] + 0.5, columns["centroid_y"] + 0.5)  # type: ignore[operator]
         columns["crs_x"], columns["crs_y"] = np.asarray(x), np.asarray(y)
