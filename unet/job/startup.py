@@ -10,6 +10,7 @@ killed the moment it returned.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -46,8 +47,17 @@ def begin(argv: list[str]) -> None:
     threading.Thread(target=_connect_and_park, name="unet-ray-start", daemon=True).start()
 
 
+class _NoSigtermNotice(logging.Filter):
+    """Drops Ray's notice that a thread other than the main one cannot install its SIGTERM handler: expected
+    here, and not the user's concern (SIGTERM's default action still ends the process)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "SIGTERM handler is not set" not in record.getMessage()
+
+
 def _connect_and_park() -> None:
     global _error
+    logging.getLogger("ray._private.worker").addFilter(_NoSigtermNotice())
     try:
         connect_ray()
     except BaseException as e:  # noqa: BLE001 - handed to the driver, which raises it as its own
