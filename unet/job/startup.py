@@ -44,20 +44,41 @@ def begin(argv: list[str]) -> None:
     if _begun or any(a in ("-h", "--help", "--dry-run") for a in argv):
         return
     _begun = True
-    threading.Thread(target=_connect_and_park, name="unet-ray-start", daemon=True).start()
+    threading.Thread(target=_connect_and_park, name=_THREAD, daemon=True).start()
 
 
-class _NoSigtermNotice(logging.Filter):
-    """Drops Ray's notice that a thread other than the main one cannot install its SIGTERM handler: expected
-    here, and not the user's concern (SIGTERM's default action still ends the process)."""
+class _HeldNotices(logging.Filter):
+    """Holds Ray's start-up notices (e.g. that token authentication is on) logged by the background start
+    until the driver needs Ray (``ready``), so that a command refused for bad input prints its one line
+    alone; drops the notice that a thread other than the main one cannot install Ray's SIGTERM handler
+    (expected here; SIGTERM's default action still ends the process)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: list[logging.LogRecord] = []
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "SIGTERM handler is not set" not in record.getMessage()
+        if threading.current_thread().name != _THREAD:
+            return True
+        if "SIGTERM handler is not set" not in record.getMessage():
+            self.held.append(record)
+        return False
+
+    def release(self) -> None:
+        for record in self.held:
+            logging.getLogger(record.name).handle(record)
+        self.held.clear()
+
+
+_THREAD = "unet-ray-start"
+_RAY_NOTICES = ("ray._private.worker", "ray._private.authentication.authentication_token_setup")
+_notices = _HeldNotices()
 
 
 def _connect_and_park() -> None:
     global _error
-    logging.getLogger("ray._private.worker").addFilter(_NoSigtermNotice())
+    for name in _RAY_NOTICES:
+        logging.getLogger(name).addFilter(_notices)
     try:
         connect_ray()
     except BaseException as e:  # noqa: BLE001 - handed to the driver, which raises it as its own
@@ -73,6 +94,7 @@ def ready() -> None:
         connect_ray()
         return
     _done.wait()
+    _notices.release()
     if _error is not None:
         raise _error
 
