@@ -31,11 +31,10 @@ from pathlib import Path
 import numpy as np
 import tifffile
 import torch
-from scipy import ndimage
 
 from unet import UNetConfig, load_checkpoint
 from unet.demo.nuclei import Scene, nuclei_scene
-from unet.infer.instances import InstanceMethod, instances_from_classes
+from unet.infer.instances import InstanceMethod, objects_from_classes
 from unet.infer.predict import predict_image
 from unet.train.loop import TrainConfig, train
 from unet.train.metrics import Scores, score
@@ -60,6 +59,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, help="torch threads (default: torch's; on a machine shared with "
                                                "other work 1 thread wastes far less CPU than 2)")
     p.add_argument("--out", type=Path, default=RESULTS, help="JSON results")
+    p.add_argument("--keep", type=Path, help="keep the crops and checkpoints in this folder (default: a "
+                   "temporary one)")
     return p.parse_args(argv)
 
 
@@ -87,15 +88,14 @@ def write_folder(scenes: list[Scene], folder: Path) -> Path:
 
 
 def evaluate(checkpoint: Path, scenes: list[Scene]) -> Scores:
-    """Pooled scores: foreground IoU of the class image, object F1 of the objects the checkpoint's method
-    finds (``--objects`` applies the same procedure block by block, exactly)."""
+    """Pooled scores: foreground IoU of the class image, object F1 of the objects ``--objects`` finds with
+    the checkpoint's method and min_area (the job applies the same procedure block by block, exactly)."""
     model, meta = load_checkpoint(checkpoint)
     method = InstanceMethod.from_metadata(meta)
     total = None
     for s in scenes:
         classes = predict_image(model, s.image, device="cpu").argmax(axis=0)          # (H, W)
-        objects = (instances_from_classes(classes, method) if method is not None
-                   else ndimage.label(classes > 0)[0])
+        objects = objects_from_classes(classes, method, meta.get("min_area", 0))
         result = score((classes > 0).astype(np.int64), s.mask.astype(np.int64), 2, s.instances, objects)
         total = result if total is None else total + result
     return total
@@ -116,8 +116,9 @@ def run_seed(args: argparse.Namespace, seed: int, workdir: Path) -> list[dict]:
                              progress=sys.stderr.isatty())
         run = train(config)
         s = evaluate(run.checkpoint, test)
+        min_area = load_checkpoint(run.checkpoint)[1].get("min_area", 0)
         rows.append({"arm": ARMS[arm], "seed": seed, "look": look, "steps": run.steps, "best_step": run.step,
-                     "seconds": round(run.seconds, 1), "recipe": run.recipe.to_dict(),
+                     "seconds": round(run.seconds, 1), "recipe": run.recipe.to_dict(), "min_area": min_area,
                      "foreground_iou": s.foreground_iou, **s.objects.to_dict()})
         print(f"seed {seed}, {ARMS[arm]}: object F1 {s.objects.f1:.3f}, foreground IoU {s.foreground_iou:.3f} "
               f"({run.steps} steps in {run.seconds:.0f} s; load {os.getloadavg()[0]:.1f})", flush=True)
@@ -154,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = []
     with tempfile.TemporaryDirectory() as workdir:
         for seed in args.seeds:
-            rows += run_seed(args, seed, Path(workdir))
+            rows += run_seed(args, seed, args.keep or Path(workdir))
     load = (before, os.getloadavg()[0])
     print(table(rows, args, load))
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -162,7 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.out.write_text(json.dumps({"settings": settings, "machine": platform.machine(), "cpus": os.cpu_count(),
                                     "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
                                     "load_average": {"before": load[0], "after": load[1]}, "rows": rows},
-                                   indent=2) + "\n")
+                                   indent=2, default=str) + "\n")
     print(f"wrote {args.out}")
     return 0
 

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import get_args
 
-from unet.cli import add_debug_flag, run
+from unet.cli import ArgumentParser, add_debug_flag, run
 from unet.errors import UNetError
 from unet.io.pixelsize import USER_UNITS
 from unet.nn.config import Padding, UNetConfig, Upsampling
@@ -26,8 +26,8 @@ NETWORK = UNetConfig()
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = ArgumentParser(prog="train.py", description=__doc__.splitlines()[0],
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     data = p.add_argument_group("data")
     data.add_argument("--data", type=Path, required=True, help="folder with images/ and masks/")
     data.add_argument("--out", type=Path, required=True, help="checkpoint file to write (safetensors)")

@@ -131,4 +131,6 @@ BAD_OPTIONS = [  # (options, words the message must contain); the README's bad-i
     (["--pixel-size", "0"], "--pixel-size: expected a pixel size > 0, found 0.0"),
     (["--minutes", "0"], "expected minutes > 0, found 0"),
     (["--minutes", "-2"], "expected minutes > 0, found -2"),
+    (["--steps", "many"], "argument --steps: invalid int value: 'many'"),
+    (["--no-such-flag", "value"], "unrecognized arguments: --no-such-flag and 1 other value(s)"),  # value unnamed
 ]

@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from scipy import ndimage
 
 from unet.errors import CheckpointError
-from unet.infer.instances import InstanceMethod, grow_seeds, instances_from_classes
+from unet.infer.instances import (InstanceMethod, default_min_area, grow_seeds, instances_from_classes,
+                                  objects_from_classes)
 
 METHOD = InstanceMethod(interior=1, boundary=2, grow=3)
 B, I = 2, 1  # boundary, interior
@@ -136,3 +137,67 @@ def test_method_round_trips_through_checkpoint_metadata():
 def test_invalid_method_metadata_is_a_one_line_error(found):
     with pytest.raises(CheckpointError, match="instance_method: expected .*found"):
         InstanceMethod.from_metadata({"instance_method": found})
+
+
+def flood_fill_components(foreground: np.ndarray, min_area: int) -> np.ndarray:
+    """8-connected components by a breadth-first flood fill from each unvisited pixel in raster order,
+    those below ``min_area`` pixels dropped, the rest numbered 1.. in raster order of their first pixel."""
+    h, w = foreground.shape
+    out = np.zeros((h, w), np.int64)
+    seen = np.zeros((h, w), bool)
+    next_id = 1
+    for y0 in range(h):
+        for x0 in range(w):
+            if not foreground[y0, x0] or seen[y0, x0]:
+                continue
+            seen[y0, x0] = True
+            queue, pixels = deque([(y0, x0)]), []
+            while queue:
+                y, x = queue.popleft()
+                pixels.append((y, x))
+                for dy in (-1, 0, 1):
+                    for dx in (-1, 0, 1):
+                        v, u = y + dy, x + dx
+                        if 0 <= v < h and 0 <= u < w and foreground[v, u] and not seen[v, u]:
+                            seen[v, u] = True
+                            queue.append((v, u))
+            if len(pixels) >= min_area:
+                for y, x in pixels:
+                    out[y, x] = next_id
+                next_id += 1
+    return out
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), h=st.integers(1, 24), w=st.integers(1, 24),
+       density=st.floats(0.0, 0.8), min_area=st.sampled_from([0, 1, 2, 4, 9]))
+def test_two_class_objects_are_8_connected_components_above_min_area(seed, h, w, density, min_area):
+    classes = (np.random.default_rng(seed).random((h, w)) < density).astype(np.int64)   # (h, w) 0/1
+    np.testing.assert_array_equal(objects_from_classes(classes, None, min_area),
+                                  flood_fill_components(classes > 0, min_area))
+
+
+def test_contour_objects_are_instances_from_classes():
+    classes = np.random.default_rng(0).choice([0, I, B], size=(40, 50), p=[0.5, 0.2, 0.3])
+    np.testing.assert_array_equal(objects_from_classes(classes, METHOD, 3), instances_from_classes(classes, METHOD, 3))
+
+
+def test_default_min_area_is_a_quarter_of_the_small_inner_objects():
+    """Areas 40..139 px (one per object, none on an edge) and one big object on the edge: a quarter of the
+    inner objects' 5th percentile; with only edge objects their areas count; no object at all: 1."""
+    masks = []
+    areas = list(range(40, 140))
+    for i, area in enumerate(areas):
+        mask = np.zeros((30, 30), np.int32)
+        inner = np.zeros((28, 28), np.int32)
+        inner.ravel()[:area] = i + 1                       # rows of 28 px from the top-left of the inner square
+        mask[1:-1, 1:-1] = inner
+        masks.append(mask)
+    edge = np.zeros((30, 30), np.int32)
+    edge[:5, :] = 999                                        # 150 px touching the top edge: not counted
+    masks.append(edge)
+    assert default_min_area(masks) == int(np.percentile(areas, 5) // 4) == 11
+    only_edge = np.zeros((20, 20), np.int32)
+    only_edge[:, :2] = 1                                      # 40 px on the left edge
+    assert default_min_area([only_edge]) == 10
+    assert default_min_area([np.zeros((8, 8), np.int32)]) == 1

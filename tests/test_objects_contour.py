@@ -124,3 +124,31 @@ def test_a_two_class_checkpoint_says_once_that_objects_are_connected_components(
     labelled, count = ndimage.label(classes == 1, structure=np.ones((3, 3)))
     assert instances.max() == count and ((instances > 0) == (labelled > 0)).all()
     assert capsys.readouterr().err.count("records no instance method") == 1
+
+
+def test_the_checkpoint_min_area_is_the_default_and_min_area_0_keeps_all(contour_mosaic, tmp_path, capsys):
+    """A checkpoint that records min_area (jobs/train.py --instances does, from its training objects): --objects
+    drops smaller objects without a flag and says so once; --min-area wins, 0 keeps all."""
+    torch.manual_seed(4)
+    path = tmp_path / "min-area.safetensors"
+    save_checkpoint(UNet(depth=3, base_channels=4, num_classes=3).eval(), path, class_names=CLASSES,
+                    instance_method=METHOD.to_metadata(), min_area=12)
+    instances = run(contour_mosaic, tmp_path / "a.zarr", str(path), "--chunk", 32, "--block", 64)
+    classes = zarr.open_array(str(tmp_path / "a.zarr" / "0"))[:]
+    np.testing.assert_array_equal(instances, instances_from_classes(classes, METHOD, min_area=12))
+    assert capsys.readouterr().err.count("drops objects under 12 px") == 1
+    every = run(contour_mosaic, tmp_path / "b.zarr", str(path), "--chunk", 32, "--block", 64, "--min-area", 0)
+    np.testing.assert_array_equal(every, instances_from_classes(classes, METHOD))
+    assert every.max() > instances.max() > 0 and "drops objects under" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", [-3, 1.5, "12", True, 10**13])
+def test_a_checkpoint_with_a_bad_min_area_is_refused_in_one_line(contour_mosaic, tmp_path, capsys, value):
+    path = tmp_path / "bad.safetensors"
+    save_checkpoint(UNet(depth=3, base_channels=4, num_classes=3).eval(), path, class_names=CLASSES,
+                    instance_method=METHOD.to_metadata(), min_area=value)
+    out = tmp_path / "out.zarr"
+    assert segment(contour_mosaic, out, "--checkpoint", path, "--objects") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "min_area" in err and str(path) in err, err
+    assert not out.exists()

@@ -17,6 +17,7 @@ from PIL import Image
 from unet import UNet, UNetConfig, load_checkpoint, predict_image, save_checkpoint
 from unet.cli import run
 from unet.errors import UNetError
+from unet.infer.instances import default_min_area
 from unet.train.augment import AugmentConfig
 from unet.train.data import TileSampler, data_hash, input_contract, load_folder, make_sample, split_validation
 from unet.train.loop import SELECTION, BestCheckpoint, Budget, TrainConfig, fit, train
@@ -146,6 +147,8 @@ def test_instances_give_object_scores_and_val_folder(tmp_path):
     _, meta = load_checkpoint(out)
     assert set(meta["metrics"]["objects"]) == {"tp", "fp", "fn", "precision", "recall", "f1"}
     assert meta["val_images"] == ["img0"] and len(meta["train_images"]) == 2 and meta["instances"]
+    masks = [np.asarray(tifffile.imread(f)) for f in sorted((data / "masks").iterdir())]
+    assert meta["min_area"] == default_min_area(masks) > 1      # what --objects drops by default
 
 
 def test_epochs_set_the_number_of_steps(tmp_path):

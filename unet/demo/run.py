@@ -3,9 +3,9 @@ the segmentation job over the whole mosaic on local Ray, scores against the trut
 
 Every scene has a recipe: how to draw it, the network and training budget that suit it, and its IoU and
 object F1 targets. Training crops come from scenes drawn with other seeds than the evaluation mosaic, so
-the scores are on pixels the network has never seen. Objects are found as ``jobs/segment.py --objects``
-finds them: grown back from the predicted interiors for a contour model (the nuclei), connected
-components for a two-class one (the ships).
+the scores are on pixels the network has never seen. The objects scored are the ones the job itself writes
+with ``--objects``: grown back from the predicted interiors for a contour model (the nuclei), connected
+components for a two-class one (the ships), both without the objects below the checkpoint's min_area.
 """
 
 from __future__ import annotations
@@ -29,8 +29,6 @@ from unet.demo.noise import Scene
 from unet.demo.nuclei import nuclei_scene
 from unet.demo.ships import ship_scene
 from unet.errors import UNetError
-from unet.infer.instances import InstanceMethod, instances_from_classes
-from unet.nn.checkpoint import load_checkpoint
 from unet.nn.config import UNetConfig
 from unet.train.data import Sample, data_hash, make_sample
 from unet.train.loop import TrainConfig, fit
@@ -172,24 +170,18 @@ def write_mosaic(scene: Scene, folder: Path) -> Path:
     return image_path
 
 
-def segment_mosaic(image: Path, labels: Path, checkpoint: Path) -> np.ndarray:
-    """Run the segmentation job over the whole mosaic on (local) Ray; returns the labels (H, W)."""
+def segment_mosaic(image: Path, output: Path, checkpoint: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Run the segmentation job with ``--objects`` over the whole mosaic on (local) Ray; returns its class
+    image and its objects (H, W), as written to OUTPUT/0 and OUTPUT/instances/0."""
     from unet.api import segment
     from unet.job.options import SegmentOptions
 
-    report = segment(SegmentOptions.of(image, labels, checkpoint, chunk=256, block=1024, overwrite=True,
-                                       progress=False))
+    report = segment(SegmentOptions.of(image, output, checkpoint, chunk=256, block=1024, overwrite=True,
+                                       progress=False, objects=True))
     if not report.complete:
         raise RuntimeError(f"segmentation job: expected a complete output, found {report.failed_blocks} failed blocks")
-    return np.asarray(zarr.open_array(labels / "0", mode="r")[:])
-
-
-def find_objects(labels: np.ndarray, checkpoint: Path) -> np.ndarray:
-    """The objects (H, W) of the job's class image, found as ``jobs/segment.py --objects`` finds them with
-    this checkpoint: grown from the interiors (contour model) or the foreground's connected components."""
-    _, metadata = load_checkpoint(checkpoint)
-    method = InstanceMethod.from_metadata(metadata)
-    return ndimage.label(labels > 0)[0] if method is None else instances_from_classes(labels, method)
+    return (np.asarray(zarr.open_array(output / "0", mode="r")[:]),
+            np.asarray(zarr.open_array(output / "instances" / "0", mode="r")[:]))
 
 
 def save_preview(scene: Scene, objects: np.ndarray, path: Path) -> None:
@@ -238,9 +230,8 @@ def run_scene(config: DemoConfig, name: str) -> SceneResult:
         train_model(recipe, train_set, val_set, checkpoint, progress=not config.quick)
     log(f"{name}: segmenting the {config.size} x {config.size} evaluation mosaic on Ray")
     with clock("segment"):
-        labels = segment_mosaic(image, folder / "labels.zarr", checkpoint)
+        labels, objects = segment_mosaic(image, folder / "labels.zarr", checkpoint)
     with clock("score"):
-        objects = find_objects(labels, checkpoint)
         scores = score((labels > 0).astype(np.int64), scene.mask, 2, scene.instances, objects)
         save_preview(scene, objects, preview)
     return SceneResult(name, scene.mask.shape, scores, (recipe.iou_target, recipe.f1_target), clock.seconds,

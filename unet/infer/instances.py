@@ -15,7 +15,7 @@ whole image's objects (``grow_seeds``): that is how the segmentation job applies
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,6 +71,43 @@ def instances_from_classes(classes: np.ndarray, method: InstanceMethod, min_area
         lut[kept] = np.arange(1, len(kept) + 1)
         grown, count = lut[grown], len(kept)
     return grown.astype(np.uint32 if count < 2**32 else np.uint64)
+
+
+def objects_from_classes(classes: np.ndarray, method: InstanceMethod | None, min_area: int = 0) -> np.ndarray:
+    """The (h, w) objects ``jobs/segment.py --objects`` finds in a class image, in memory: grown from the
+    interiors for a contour ``method``, else the 8-connected components of the foreground (classes > 0, one
+    class for a two-class model); objects below ``min_area`` pixels dropped, ids in raster order."""
+    if method is not None:
+        return instances_from_classes(classes, method, min_area)
+    labels, count = ndimage.label(classes > 0, structure=EIGHT_CONNECTED)                  # (h, w)
+    if min_area:
+        area = np.bincount(labels.ravel(), minlength=count + 1)
+        lut = np.zeros(count + 1, dtype=np.int64)
+        kept = np.flatnonzero(area[1:] >= min_area) + 1
+        lut[kept] = np.arange(1, len(kept) + 1)
+        labels = lut[labels]
+    return labels
+
+
+def default_min_area(instances: Sequence[np.ndarray]) -> int:
+    """The smallest objects worth keeping, from the training masks: a quarter of the 5th percentile of the
+    areas of the objects that do not touch a mask's edge (all objects when every one does), at least 1 px.
+    A network on few crops predicts the odd few-pixel speck or split-off seed; objects a quarter the size of
+    nearly every real one are those. Recorded in the checkpoint as ``min_area``; ``--min-area`` overrides."""
+    inner: list[np.ndarray] = []
+    every: list[np.ndarray] = []
+    for labels in instances:
+        area = np.bincount(labels.ravel())[1:]
+        present = area > 0
+        edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+        touches = np.zeros(area.size + 1, bool)
+        touches[edge] = True
+        every.append(area[present])
+        inner.append(area[present & ~touches[1:]])
+    areas = np.concatenate(inner) if sum(a.size for a in inner) else np.concatenate(every or [np.zeros(0, int)])
+    if areas.size == 0:
+        return 1
+    return max(1, int(np.percentile(areas, 5) // 4))
 
 
 def grow_seeds(seeds: np.ndarray, boundary: np.ndarray, steps: int) -> np.ndarray:

@@ -52,17 +52,17 @@ class SegmentOptions:
     progress: bool | None = None
     objects: bool = False
     object_classes: str | None = None  # as given; resolved against the checkpoint's classes in prepare_job
-    min_area: int = 0
+    min_area: int | None = None  # None: the checkpoint's min_area (from its training objects), else 0
     tta: int = 1  # test-time flips averaged: 1 (none), 4 (mirrors) or 8 (the square's symmetries)
     cog: str | None = None  # also write the class image as a Cloud-Optimized GeoTIFF here
 
     def __post_init__(self) -> None:
         """Every option's range (``unet.job.limits``), and what no single option shows on its own."""
         check_options(self)
-        if not self.objects and (self.object_classes is not None or self.min_area):
+        if not self.objects and (self.object_classes is not None or self.min_area is not None):
             given = "--object-classes" if self.object_classes is not None else "--min-area"
             raise UNetError(f"{given}: expected together with --objects, found it alone; add --objects")
-        if self.min_area < 0:
+        if self.min_area is not None and self.min_area < 0:
             raise UNetError(f"--min-area: expected a number of pixels >= 0, found {self.min_area}")
         for flag, value in (("--roi", self.roi), ("--cog", self.cog)):
             if value and len(self.pairs) > 1:
@@ -122,13 +122,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--as-label", metavar="NAME", help="write into INPUT/labels/NAME of an OME-Zarr image "
                                                       "(OUTPUT is then omitted)")
     g.add_argument("--overwrite", action="store_true", help="replace an existing output")
-    g.add_argument("--objects", action="store_true", help="also label objects (8-connected pixels of one "
-                   "class) with ids unique across the mosaic: OUTPUT/instances, objects.parquet, and "
-                   "objects.geojson for georeferenced inputs")
+    g.add_argument("--objects", action="store_true", help="also label objects with ids unique across the "
+                   "mosaic (a contour checkpoint's interiors grown over their boundaries, else 8-connected "
+                   "pixels of one class): OUTPUT/instances, objects.parquet, and objects.geojson for "
+                   "georeferenced inputs")
     g.add_argument("--object-classes", metavar="C,C", help="classes whose pixels form objects, as indices or "
                                                            "the checkpoint's class names (default: all but 0)")
-    g.add_argument("--min-area", type=int, default=0, metavar="PX", help="drop objects of fewer pixels "
-                                                                          "(default 0: keep all)")
+    g.add_argument("--min-area", type=int, metavar="PX", help="drop objects of fewer pixels (default: the "
+                   "checkpoint's min_area, chosen from its training objects; 0 keeps all)")
     g.add_argument("--cog", metavar="PATH", help="also write the class image as a Cloud-Optimized GeoTIFF "
                    "(path or URL, .tif), in the input's CRS, once the output is complete; with --objects "
                    "also the instance image as PATH-instances.tif")

@@ -45,6 +45,7 @@ class Checkpoint:
     class_names: list[str]
     instance_method: InstanceMethod | None = None  # a contour model's; None: objects are connected components
     pixel_size: PixelSize | None = None  # the pixel size the model was trained at
+    min_area: int = 0  # objects smaller than this are dropped by --objects unless --min-area says otherwise
 
 
 @dataclass
@@ -78,7 +79,21 @@ def read_checkpoint(opts: SegmentOptions) -> Checkpoint:
     class_names = list(metadata.get("class_names") or [f"class {k}" for k in range(model.config.num_classes)])
     return Checkpoint(data, model, hashlib.sha256(data).hexdigest(), class_names,
                       instance_method(metadata, model, redact(opts.checkpoint)),
-                      checkpoint_pixel_size(metadata, redact(opts.checkpoint)))
+                      checkpoint_pixel_size(metadata, redact(opts.checkpoint)),
+                      checkpoint_min_area(metadata, redact(opts.checkpoint)))
+
+
+MAX_MIN_AREA = 10**12       # pixels: more than any mosaic's objects could hold
+
+
+def checkpoint_min_area(metadata: dict[str, Any], name: str) -> int:
+    """The smallest objects the checkpoint's training says are real (0 when it records none: a checkpoint
+    trained before min_area was recorded, or on class masks)."""
+    found = metadata.get("min_area", 0)
+    if type(found) is not int or not 0 <= found <= MAX_MIN_AREA:
+        raise CheckpointError(f"checkpoint {name}: expected metadata min_area to be a whole number of pixels "
+                              f"0..{MAX_MIN_AREA}, found {str(found)[:40]!r}")
+    return found
 
 
 def instance_method(metadata: dict[str, Any], model: UNet, name: str) -> InstanceMethod | None:
@@ -96,12 +111,18 @@ def prepare_jobs(opts: SegmentOptions, checkpoint: Checkpoint) -> list[PreparedJ
     A --tile the network cannot use is refused here, on the driver, rather than by every worker as it starts."""
     if opts.tile is not None:
         TilePredictor.check_tile(checkpoint.model, opts.tile)
+    said_min_area = opts.objects and opts.min_area is None and checkpoint.min_area > 0
+    if opts.objects and opts.min_area is None:
+        opts = replace(opts, min_area=checkpoint.min_area)
     jobs = [prepare_job(opts, pair, checkpoint.model, checkpoint.sha256, checkpoint.class_names,
                         checkpoint.instance_method, checkpoint.pixel_size) for pair in opts.pairs]
     if opts.objects and checkpoint.instance_method is None:  # once, and only for a run that goes ahead
         print(f"unet: checkpoint {redact(opts.checkpoint)} records no instance method (a model trained before "
               "contour objects), so --objects labels connected components and touching objects merge",
               file=sys.stderr)
+    if said_min_area:
+        print(f"unet: --objects drops objects under {checkpoint.min_area} px (the checkpoint's min_area, chosen "
+              "from its training objects; --min-area 0 keeps all)", file=sys.stderr)
     return jobs
 
 
@@ -135,7 +156,7 @@ def prepare_job(opts: SegmentOptions, pair: tuple[str, str], model: UNet, checkp
     check_plan(redact(in_url), source.shape, source.chunks, opts.block_size)
     out = OutputSpec(out_url, source.shape, opts.chunk, opts.shard, model.config.num_classes,
                      opts.probabilities, storage_options=so_out)
-    objects = (objects_spec(out, object_classes(opts.object_classes, class_names, method), opts.min_area,
+    objects = (objects_spec(out, object_classes(opts.object_classes, class_names, method), opts.min_area or 0,
                             affine_transform(source.georef) is not None, method) if opts.objects else None)
     check_output_location(out)
     existing = read_unet_attrs(out)

@@ -21,7 +21,7 @@ import torch
 from tqdm import tqdm
 
 from unet.errors import UNetError
-from unet.infer.instances import InstanceMethod, instances_from_classes
+from unet.infer.instances import InstanceMethod, default_min_area, objects_from_classes
 from unet.infer.predict import predict_image
 from unet.io.pixelsize import checkpoint_pixel_size, folder_pixel_size
 from unet.nn.checkpoint import load_checkpoint, save_checkpoint
@@ -181,10 +181,14 @@ def fit(config: TrainConfig, train_set: Sequence[Sample], val_set: Sequence[Samp
     torch.manual_seed(config.seed)
     model = build_model(config, train_set).to(device)
     recipe = choose_recipe(config, model, train_set)
+    min_area = default_min_area([s.instances for s in train_set if s.instances is not None]) \
+        if config.instances else 0
     if config.progress:
-        print(f"training: {recipe.describe()}", file=sys.stderr, flush=True)
-    trainer = Trainer(config, model, make_sampler(config, model, recipe, train_set), val_set, device, recipe)
-    keeper = BestCheckpoint(config.out, run_metadata(config, train_set, val_set, data_sha256, recipe))
+        print(f"training: {recipe.describe()}" + (f"; objects under {min_area} px are dropped (min_area, from "
+              "the training objects)" if min_area > 1 else ""), file=sys.stderr, flush=True)
+    trainer = Trainer(config, model, make_sampler(config, model, recipe, train_set), val_set, device, recipe,
+                      min_area)
+    keeper = BestCheckpoint(config.out, run_metadata(config, train_set, val_set, data_sha256, recipe, min_area))
     if config.resume is not None and val_set:
         keeper.offer(model, 0, trainer.validate(), loss=None)      # the resumed model is the one to beat
     steps = trainer.run(Budget.of(recipe, clock), keeper)
@@ -330,9 +334,9 @@ class Trainer:
     images; ``run`` is the loop."""
 
     def __init__(self, config: TrainConfig, model: UNet, sampler: TileSampler, val_set: Sequence[Sample],
-                 device: torch.device, recipe: Recipe):
+                 device: torch.device, recipe: Recipe, min_area: int = 0):
         self.config, self.model, self.sampler, self.val_set, self.device = config, model, sampler, val_set, device
-        self.recipe = recipe
+        self.recipe, self.min_area = recipe, min_area
         self.optimizer = make_optimizer(config, model)
         self.rng = np.random.default_rng(config.seed)
 
@@ -394,11 +398,12 @@ class Trainer:
         return total
 
     def objects(self, pred: np.ndarray) -> np.ndarray | None:
-        """The predicted objects (H, W) of a class image, as ``jobs/segment.py --objects`` finds them (None:
-        the connected components of the foreground)."""
-        if self.config.targets.method != "contour":
+        """The predicted objects (H, W) of a class image, as ``jobs/segment.py --objects`` finds them with
+        the checkpoint being trained (its method and ``min_area``); None without instance data."""
+        if not self.config.instances:
             return None
-        return instances_from_classes(pred, InstanceMethod())
+        method = InstanceMethod() if self.config.targets.method == "contour" else None
+        return objects_from_classes(pred, method, self.min_area)
 
 
 class ProgressBar:
@@ -441,7 +446,7 @@ def _minutes(seconds: float) -> str:
 
 
 def run_metadata(config: TrainConfig, train_set: Sequence[Sample], val_set: Sequence[Sample],
-                 data_sha256: str, recipe: Recipe) -> dict[str, Any]:
+                 data_sha256: str, recipe: Recipe, min_area: int = 0) -> dict[str, Any]:
     """What the checkpoint records about the run besides the best model's scores."""
     metadata = {"class_names": list(config.names), "seed": config.seed, "data_sha256": data_sha256,
                 "instances": config.instances, "train_images": [s.name for s in train_set],
@@ -453,6 +458,8 @@ def run_metadata(config: TrainConfig, train_set: Sequence[Sample], val_set: Sequ
                 **({"pixel_size": config.pixel_metadata} if config.pixel_size is not None else {})}
     if config.targets.method == "contour":
         metadata["instance_method"] = InstanceMethod().to_metadata()
+    if config.instances:
+        metadata["min_area"] = min_area      # --objects drops smaller objects unless --min-area says otherwise
     return metadata
 
 
