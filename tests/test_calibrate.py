@@ -12,7 +12,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from unet.infer.calibrate import calibrate, candidate_tiles, measure, output_steps
+from unet.infer.calibrate import calibrate, candidate_tiles, measure, measured_busier, output_steps
 from unet.infer.geometry import Calibration, TileCost, choose_tile, plan_cost
 from unet.nn.model import UNet
 from unet.job.plan import BlockPlan, choose_block
@@ -154,6 +154,28 @@ def test_an_unreadable_cache_entry_is_measured_again(tmp_path):
     again = calibrate(predictor, 100, max_tile=2048, cache_dir=tmp_path, rounds=1)
     assert not again.cached and again.key == first.key
     assert json.loads(entry.read_text())["calibration"]["key"] == first.key
+
+
+def test_a_calibration_measured_on_a_much_busier_machine_is_measured_again(tmp_path):
+    """An entry measured at a load far above this machine's now (its ranking was noise) is replaced; one
+    measured at an ordinary load is reused."""
+    predictor = TilePredictor(_tiny(), device="cpu")
+    first = calibrate(predictor, 100, max_tile=2048, cache_dir=tmp_path, rounds=1)
+    (entry,) = tmp_path.glob("calibration-*.json")
+    stored = json.loads(entry.read_text())
+    entry.write_text(json.dumps({**stored, "load_average": [10**6, 10**6, 10**6]}))
+    again = calibrate(predictor, 100, max_tile=2048, cache_dir=tmp_path, rounds=1)
+    assert not again.cached and again.key == first.key
+    assert json.loads(entry.read_text())["load_average"][0] < 10**6               # the new entry's own load
+    entry.write_text(json.dumps({**stored, "load_average": [0.0, 0.0, 0.0]}))
+    assert calibrate(predictor, 100, max_tile=2048, cache_dir=tmp_path, rounds=1).cached
+
+
+@pytest.mark.parametrize("then, now, cpus, busier", [(11.6, 1.2, 2, True), (11.6, 9.0, 2, False),
+                                                     (2.5, 0.1, 2, False), (40.0, 4.0, 16, True),
+                                                     (None, 0.0, 2, False)])
+def test_busier_means_over_one_and_a_half_threads_a_core_and_twice_the_load_now(then, now, cpus, busier):
+    assert measured_busier(then, now, cpus) is busier
 
 
 class _SmallDevice(TilePredictor):

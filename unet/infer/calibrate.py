@@ -40,6 +40,7 @@ ROUNDS = 3                 # timings per candidate, interleaved: the median is k
 BUDGET_S = 30.0            # seconds a calibration may take: larger candidates are dropped to fit it
 MAX_BATCH = 64
 MIN_STEP = 32              # smallest output step considered (px); never less than the margins lost
+BUSY_PER_CPU = 1.5         # a cache entry measured above this load per core is re-measured on a quieter machine
 
 
 # -- candidates and measurement ------------------------------------------------------------------------
@@ -172,8 +173,9 @@ def calibrate(predictor: TilePredictor, limit: int, *, max_tile: int, cache_dir:
     identity = calibration_identity(predictor)
     key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
     path = cache_file(key, cache_dir)
-    cached = _read_cache(path)
-    if cached is not None and cached.limit >= limit and cached.costs:
+    cached, load_then = _read_cache(path)
+    if (cached is not None and cached.limit >= limit and cached.costs
+            and not measured_busier(load_then, os.getloadavg()[0], os.cpu_count() or 1)):
         return replace(cached, seconds=0.0, cached=True)
     started = time.perf_counter()
     candidates = candidate_tiles(predictor, limit, max_tile)
@@ -241,11 +243,22 @@ def cache_file(key: str, cache_dir: str | os.PathLike | None = None) -> Path:
     return Path(cache_dir or cache_dir_default()) / f"calibration-{key}.json"
 
 
-def _read_cache(path: Path) -> Calibration | None:
+def measured_busier(load_then: float | None, load_now: float, cpus: int) -> bool:
+    """Whether a cached calibration was measured on a machine much busier than it is now (one-minute load
+    averages): its ranking of the tiles was then mostly noise, so it is measured again. Busier: more than
+    1.5 runnable threads per core then, and more than twice the load of now."""
+    return load_then is not None and load_then / cpus > BUSY_PER_CPU and load_then > 2 * load_now
+
+
+def _read_cache(path: Path) -> tuple[Calibration | None, float | None]:
+    """The cached calibration and the one-minute load average it was measured at (None when absent)."""
     try:
-        return Calibration.from_dict(json.loads(path.read_text())["calibration"])
+        entry = json.loads(path.read_text())
+        calibration = Calibration.from_dict(entry["calibration"])
     except (OSError, ValueError, KeyError, TypeError):
-        return None  # absent or unreadable: measure again
+        return None, None  # absent or unreadable: measure again
+    load = entry.get("load_average")
+    return calibration, float(load[0]) if isinstance(load, list) and load and isinstance(load[0], (int, float)) else None
 
 
 def _write_cache(path: Path, identity: dict, calibration: Calibration) -> None:

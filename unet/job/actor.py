@@ -1,18 +1,22 @@
 """The actor: holds one U-Net on its device and turns blocks of a mosaic into written output chunks.
 
 ``BlockRunner`` is a plain class, testable without a cluster; the job wraps it in a threaded Ray actor
-(two calls at a time), so one call reads or writes while the other keeps the device busy. The forward
-passes themselves are serialised by the predictor. Every call ends the same way (``commit_block``): the
-block's level, its share of the coarser levels, then its done-marker.
+(two calls at a time). On a GPU one call reads or writes while the other keeps the device busy; the
+forward passes themselves are serialised by the predictor. On a CPU the network's own threads use every
+core the worker has, and a second thread decoding or encoding chunks beside them stalls them at each
+barrier (a forward pass took 2.7x as long beside one busy thread on 2 cores), so there the calls take
+turns: the second call waits in the actor, ready, instead of competing. Every call ends the same way
+(``commit_block``): the block's level, its share of the coarser levels, then its done-marker.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import threading
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -30,6 +34,18 @@ from unet.job.pyramid import decimate2x2, halve, mode2x2
 from unet.job.skip import EmptyBlocks
 from unet.job.spec import BlockStats, JobSpec, SkipReason
 from unet.nn.checkpoint import load_checkpoint
+
+
+Method = TypeVar("Method", bound=Callable[..., Any])
+
+
+def taking_turns(method: Method) -> Method:
+    """Run the call inside the runner's turn: one call at a time on a CPU device, any number on a GPU."""
+    @functools.wraps(method)
+    def call(self: BlockRunner, *args: Any, **kwargs: Any) -> Any:
+        with self._turn:
+            return method(self, *args, **kwargs)
+    return call  # type: ignore[return-value]
 
 
 class BlockRunner:
@@ -55,6 +71,8 @@ class BlockRunner:
         self.flips = flips_for(tta)
         self.empty = EmptyBlocks(self.predictor, self.flips)
         self._lock = threading.Lock()
+        self._turn: contextlib.AbstractContextManager[Any] = (
+            threading.Lock() if self.predictor.device.type == "cpu" else contextlib.nullcontext())
         self._sources: dict[SourceSpec, Source] = {}
         self._writers: dict[OutputSpec, OutputWriter] = {}
         self._geometry: dict[tuple[tuple[int, int], int], TilePredictor] = {}
@@ -73,6 +91,7 @@ class BlockRunner:
                 self._geometry[shape, block] = self.predictor.with_geometry(choice.cost.tile, choice.cost.batch)
             return self._geometry[shape, block]
 
+    @taking_turns
     def segment(self, spec: JobSpec, block: Block) -> BlockStats:
         """Predict a level-0 block, write its classes (and probabilities), its share of the coarser
         levels, then its done-marker. A block whose input is all fill value is not run through the network
@@ -106,6 +125,7 @@ class BlockRunner:
         probs = run.predict_region(*args)                                            # (K, h, w)
         return class_index(probs), probs, None
 
+    @taking_turns
     def background(self, spec: JobSpec, block: Block) -> BlockStats:
         """Write a level-0 block outside the region of interest as background (class 0; probability 1
         for class 0 when probabilities are written), without reading its input."""
@@ -127,6 +147,7 @@ class BlockRunner:
             store_block_objects(writer, block, labels, probs, spec.objects)
         return commit_block(writer, block, labels)
 
+    @taking_turns
     def rim(self, spec: JobSpec, block: Block, near: list[tuple[Block, np.ndarray]]) -> BlockStats:
         """Rim pass of a contour model's --objects: regrow the block's rim from its neighbours' bands."""
         t0 = time.perf_counter()
@@ -135,6 +156,7 @@ class BlockRunner:
         store_rim(writer, block, near, spec.objects)
         return BlockStats(block.key, block.pixels, (), compute_s=time.perf_counter() - t0)
 
+    @taking_turns
     def relabel(self, spec: JobSpec, block: Block, lut: np.ndarray, final: np.ndarray | None = None) -> BlockStats:
         """Last pass of --objects: write a block of the instance image (``spec.output``) with global ids,
         ``lut[local id]`` (a contour model's: through ``final`` too), its share of the coarser levels and its
@@ -145,6 +167,7 @@ class BlockRunner:
         levels = commit_block(writer, block, relabel_block(writer, block, lut, spec.objects, final))
         return BlockStats(block.key, block.pixels, levels, write_s=time.perf_counter() - t0)
 
+    @taking_turns
     def downsample(self, spec: JobSpec, block: Block) -> BlockStats:
         """Build a block of pyramid level ``block.level`` from the level above it."""
         t0 = time.perf_counter()

@@ -107,7 +107,8 @@ def instance_method(metadata: dict[str, Any], model: UNet, name: str) -> Instanc
 
 def prepare_jobs(opts: SegmentOptions, checkpoint: Checkpoint) -> list[PreparedJob]:
     """Every pair of the run, validated and planned, in order. With --objects, a checkpoint that records no
-    instance method (a model trained before contour objects) is said, once, to label connected components.
+    instance method (a two-class model) is said, once, to label connected components, and a min_area taken
+    from the checkpoint is said once.
     A --tile the network cannot use is refused here, on the driver, rather than by every worker as it starts."""
     if opts.tile is not None:
         TilePredictor.check_tile(checkpoint.model, opts.tile)
@@ -117,9 +118,9 @@ def prepare_jobs(opts: SegmentOptions, checkpoint: Checkpoint) -> list[PreparedJ
     jobs = [prepare_job(opts, pair, checkpoint.model, checkpoint.sha256, checkpoint.class_names,
                         checkpoint.instance_method, checkpoint.pixel_size) for pair in opts.pairs]
     if opts.objects and checkpoint.instance_method is None:  # once, and only for a run that goes ahead
-        print(f"unet: checkpoint {redact(opts.checkpoint)} records no instance method (a model trained before "
-              "contour objects), so --objects labels connected components and touching objects merge",
-              file=sys.stderr)
+        print(f"unet: checkpoint {redact(opts.checkpoint)} records no instance method (a two-class model, or one "
+              "trained before contour objects), so --objects labels connected components and touching objects "
+              "merge", file=sys.stderr)
     if said_min_area:
         print(f"unet: --objects drops objects under {checkpoint.min_area} px (the checkpoint's min_area, chosen "
               "from its training objects; --min-area 0 keeps all)", file=sys.stderr)
