@@ -64,13 +64,20 @@ def instances_from_classes(classes: np.ndarray, method: InstanceMethod, min_area
     seeds, count = ndimage.label(classes == method.interior, structure=EIGHT_CONNECTED)   # (h, w)
     ids = _by_first_pixel(seeds, count)[seeds]                                            # (h, w)
     grown = grow_seeds(ids, classes == method.boundary, method.grow)                      # (h, w)
-    if min_area:
-        area = np.bincount(grown.ravel(), minlength=count + 1)
-        kept = np.flatnonzero(area[1:] >= min_area) + 1
-        lut = np.zeros(count + 1, dtype=np.int64)
-        lut[kept] = np.arange(1, len(kept) + 1)
-        grown, count = lut[grown], len(kept)
+    grown, count = drop_small(grown, count, min_area)
     return grown.astype(np.uint32 if count < 2**32 else np.uint64)
+
+
+def drop_small(labels: np.ndarray, count: int, min_area: int) -> tuple[np.ndarray, int]:
+    """Labels 1..count (h, w) without those of fewer than ``min_area`` pixels, the rest renumbered in
+    order; and how many are left."""
+    if not min_area:
+        return labels, count
+    area = np.bincount(labels.ravel(), minlength=count + 1)
+    kept = np.flatnonzero(area[1:] >= min_area) + 1
+    lut = np.zeros(count + 1, dtype=np.int64)
+    lut[kept] = np.arange(1, len(kept) + 1)
+    return lut[labels], len(kept)
 
 
 def objects_from_classes(classes: np.ndarray, method: InstanceMethod | None, min_area: int = 0) -> np.ndarray:
@@ -80,13 +87,7 @@ def objects_from_classes(classes: np.ndarray, method: InstanceMethod | None, min
     if method is not None:
         return instances_from_classes(classes, method, min_area)
     labels, count = ndimage.label(classes > 0, structure=EIGHT_CONNECTED)                  # (h, w)
-    if min_area:
-        area = np.bincount(labels.ravel(), minlength=count + 1)
-        lut = np.zeros(count + 1, dtype=np.int64)
-        kept = np.flatnonzero(area[1:] >= min_area) + 1
-        lut[kept] = np.arange(1, len(kept) + 1)
-        labels = lut[labels]
-    return labels
+    return drop_small(labels, count, min_area)[0]
 
 
 def default_min_area(instances: Sequence[np.ndarray]) -> int:
