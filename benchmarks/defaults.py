@@ -31,7 +31,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import BENCH_NET, TRIVIAL_NET, checkpoint_path, load, make_model, save_model, write_mosaic  # noqa: E402
+from run import (BENCH_NET, TRIVIAL_NET, checkpoint_path, load, make_model, save_model,  # noqa: E402
+                 write_mosaic, write_results)
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "defaults.json"
@@ -233,7 +234,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     cfg = build_config(argv)
     started = time.perf_counter()
-    res = {"command": "python benchmarks/defaults.py" + (f" {' '.join(argv)}" if argv else ""),
+    given = sys.argv[1:] if argv is None else list(argv)
+    res = {"command": " ".join(["python benchmarks/defaults.py", *given]),
            "machine": machine(), "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()}}
     with tempfile.TemporaryDirectory(prefix="unet-defaults-") as name:
         tmp = Path(name)
@@ -251,11 +253,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             ray.shutdown()
     res["load_average_at_end"] = load()
     res["total_seconds"] = round(time.perf_counter() - started, 1)
-    cfg.out.parent.mkdir(parents=True, exist_ok=True)
-    cfg.out.write_text(json.dumps(res, indent=2, default=float) + "\n")
-    print("\n" + table(res))
-    print(f"\nwrote {cfg.out}")
-    return 0
+    return write_results(cfg.out, res, table(res))
 
 
 if __name__ == "__main__":

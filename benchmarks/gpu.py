@@ -34,6 +34,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from proctree import ProcessTreeMeter  # noqa: E402
+from run import write_results  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "gpu.json"
@@ -261,11 +262,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if own_ray:
             ray.shutdown()
     res["total_seconds"] = round(time.perf_counter() - started, 1)
-    cfg.out.parent.mkdir(parents=True, exist_ok=True)
-    cfg.out.write_text(json.dumps(res, indent=2) + "\n")
-    print("\n" + table(res))
-    print(f"\nwrote {cfg.out}")
-    return 0
+    return write_results(cfg.out, res, table(res))
 
 
 if __name__ == "__main__":

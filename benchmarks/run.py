@@ -514,10 +514,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         ray.shutdown()
     results["load_average_at_end"] = load()
     results["total_seconds"] = round(time.perf_counter() - started, 1)
-    cfg.out.parent.mkdir(parents=True, exist_ok=True)
-    cfg.out.write_text(json.dumps(results, indent=2) + "\n")
-    print("\n" + table(results))
-    print(f"\nwrote {cfg.out}")
+    return write_results(cfg.out, results, table(results))
+
+
+def write_results(out: Path, results: dict, markdown: str) -> int:
+    """The end of every speed benchmark: the JSON written (numpy scalars as floats), the table printed."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2, default=float) + "\n")
+    print("\n" + markdown)
+    print(f"\nwrote {out}")
     return 0
 
 
