@@ -112,9 +112,10 @@ def prepare_jobs(opts: SegmentOptions, checkpoint: Checkpoint) -> list[PreparedJ
     A --tile the network cannot use is refused here, on the driver, rather than by every worker as it starts."""
     if opts.tile is not None:
         TilePredictor.check_tile(checkpoint.model, opts.tile)
-    said_min_area = opts.objects and opts.min_area is None and checkpoint.min_area > 0
+    said_min_area = False
     if opts.objects and opts.min_area is None:
         opts = replace(opts, min_area=checkpoint.min_area)
+        said_min_area = checkpoint.min_area > 0
     jobs = [prepare_job(opts, pair, checkpoint.model, checkpoint.sha256, checkpoint.class_names,
                         checkpoint.instance_method, checkpoint.pixel_size) for pair in opts.pairs]
     if opts.objects and checkpoint.instance_method is None:  # once, and only for a run that goes ahead
