@@ -30,3 +30,19 @@ def test_ties_go_to_the_first_class_on_the_device_too():
     predictor = TilePredictor(model, tile=44, device="cpu")
     labels = predictor.forward(np.zeros((1, 1, 44, 44), np.float32), classes=True)   # (1, 1, n, n)
     assert labels.dtype == np.uint8 and not labels.any()
+
+
+@pytest.mark.parametrize("classes", [1, 2, 3, 7])
+def test_class_index_tensor_equals_torch_argmax_first_on_ties(classes):
+    """The per-class comparison that replaces torch's slow argmax along the class axis: the same labels,
+    ties among some or all classes included."""
+    from unet.infer.predict import class_index_tensor
+
+    rng = np.random.default_rng(classes)
+    probs = torch.from_numpy(rng.random((2, classes, 23, 19)).astype(np.float32))   # (B, K, h, w)
+    probs[:, :, :4] = probs[:, :1, :4]                           # ties across every class
+    if classes > 2:
+        probs[:, 2, 4:8] = probs[:, 1, 4:8]                      # ties between two classes, maybe the best
+    labels = class_index_tensor(probs)                           # (B, 1, h, w)
+    assert labels.dtype == torch.uint8 and labels.shape == (2, 1, 23, 19)
+    torch.testing.assert_close(labels, probs.argmax(dim=1, keepdim=True).to(torch.uint8), rtol=0, atol=0)
