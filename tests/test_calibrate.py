@@ -205,3 +205,30 @@ def test_a_calibration_that_cannot_run_falls_back_to_the_memory_rule(tmp_path):
     assert "memory rule" in result.fallback and str(predictor.device) in result.fallback
     assert [(c.tile, c.seconds) for c in result.costs] == [(predictor.tile, None)]
     assert not list(tmp_path.glob("calibration-*.json"))                      # a failure is never cached
+
+
+def test_each_candidate_keeps_its_fastest_round(monkeypatch):
+    """A pass is only ever slowed by what else runs: of the interleaved rounds the fastest is the cost,
+    and the spread is how much slower the median round was. Passes run for real; the clock is replaced by
+    one that slows every other round by a different factor per tile (noise that would reorder medians)."""
+    import unet.infer.calibrate as calibrate_module
+
+    predictor = TilePredictor(_tiny(), device="cpu")
+    tiles = candidate_tiles(predictor, 200, 2048)[:2]
+    base = {tiles[0][0]: 1.0, tiles[1][0]: 1.1}                     # the second tile truly 10 % slower
+    noise = {tiles[0][0]: 1.5, tiles[1][0]: 1.0}                    # but the first one hit by noise
+    calls: dict[int, int] = {}
+    real = calibrate_module._time_pass
+
+    def timed(p, pair):
+        real(p, pair)
+        calls[pair[0]] = calls.get(pair[0], 0) + 1
+        return base[pair[0]] * (noise[pair[0]] if calls[pair[0]] % 2 else 1.0)
+
+    monkeypatch.setattr(calibrate_module, "_time_pass", timed)
+    costs, failure = measure(predictor, tiles, [1], rounds=4, budget_s=1e9)
+    got = {c.tile: c for c in costs}
+    assert failure is None and set(got) == set(base)
+    assert got[tiles[0][0]].seconds == 1.0 and got[tiles[1][0]].seconds == 1.1
+    assert got[tiles[0][0]].spread == pytest.approx(0.25)        # rounds 1.0, 1.5, 1.0, 1.5: median 1.25
+    assert got[tiles[1][0]].spread == 0.0

@@ -1,8 +1,10 @@
 """Calibration: what each candidate tile (and batch) costs on this device, measured briefly and cached.
 
 A short calibration times candidate tiles — valid sizes whose outputs step along the pooling grid — on the
-device itself, interleaved over a few rounds: on a shared machine one timing each would not do, as the
-ranking moves by tens of percent between runs. The result is cached in a small JSON file per device and
+device itself, interleaved over a few rounds, and keeps each candidate's fastest round: on a shared machine
+a pass is only ever slowed by what else runs (the same tile's pass took 72 and 95 ms a minute apart), so
+the fastest round is the candidates' own cost, and a median of three let the noise pick the tile (two
+tiles within 1 % of each other were ranked 13 % apart). The result is cached in a small JSON file per device and
 network (``$UNET_CACHE_DIR``, else ``$XDG_CACHE_HOME/unet``, else ``~/.cache/unet``), so every block and
 every later run on the machine reuses it.
 
@@ -35,8 +37,8 @@ from unet.infer.predict import TilePredictor, tile_outputs
 
 log = logging.getLogger("unet")
 
-CACHE_VERSION = 1
-ROUNDS = 3                 # timings per candidate, interleaved: the median is kept
+CACHE_VERSION = 2          # 2: the fastest round is kept (1 kept the median)
+ROUNDS = 5                 # timings per candidate, interleaved: the fastest is kept
 BUDGET_S = 30.0            # seconds a calibration may take: larger candidates are dropped to fit it
 MAX_BATCH = 64
 MIN_STEP = 32              # smallest output step considered (px); never less than the margins lost
@@ -82,9 +84,9 @@ def batch_sizes(predictor: TilePredictor) -> list[int]:
 def measure(predictor: TilePredictor, tiles: Sequence[tuple[int, int]], batches: Sequence[int], *,
             rounds: int = ROUNDS, budget_s: float = BUDGET_S) -> tuple[list[TileCost], str | None]:
     """Time every (tile, batch) pair: a warm-up pass each, smallest first, then ``rounds`` interleaved
-    timings (alternating the order, so that a drift of the machine's load weighs on all alike). Larger
-    pairs are tried while the warm-ups so far, times ``rounds + 1``, fit ``budget_s``; a pair that runs
-    out of memory ends the sweep at its size. Returns the costs and, if not even the smallest pair ran,
+    timings (alternating the order, so that a drift of the machine's load weighs on all alike), the
+    fastest kept. Larger pairs are tried while the warm-ups so far, times ``rounds + 1``, fit
+    ``budget_s``; a pair that runs out of memory ends the sweep at its size. Returns the costs and, if not even the smallest pair ran,
     why not."""
     pairs, failure = _warm_up(predictor, tiles, batches, budget_s / (rounds + 1))
     timings: dict[tuple[int, int, int], list[float]] = {p: [] for p in pairs}
@@ -93,8 +95,8 @@ def measure(predictor: TilePredictor, tiles: Sequence[tuple[int, int]], batches:
             timings[pair].append(_time_pass(predictor, pair))
     costs = []
     for (tile, out, batch), seconds in timings.items():
-        median = statistics.median(seconds)
-        costs.append(TileCost(tile, out, batch, median, (max(seconds) - min(seconds)) / median))
+        fastest = min(seconds)
+        costs.append(TileCost(tile, out, batch, fastest, (statistics.median(seconds) - fastest) / fastest))
     return costs, (failure if not costs else None)
 
 

@@ -20,8 +20,8 @@ Span = tuple[int, int]
 
 @dataclass(frozen=True)
 class TileCost:
-    """One measured candidate: ``seconds`` is the median over the rounds of one forward pass of ``batch``
-    tiles of ``tile`` px in, ``out_tile`` px out; ``spread`` the rounds' (slowest - fastest) / median.
+    """One measured candidate: ``seconds`` is the fastest of the rounds of one forward pass of ``batch``
+    tiles of ``tile`` px in, ``out_tile`` px out; ``spread`` the rounds' (median - fastest) / fastest.
     ``seconds`` is None for a candidate that was not measured (an explicit ``--tile``, the memory rule)."""
 
     tile: int
