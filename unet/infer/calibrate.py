@@ -3,10 +3,10 @@
 A short calibration times candidate tiles — valid sizes whose outputs step along the pooling grid — on the
 device itself, interleaved over a few rounds, and keeps each candidate's fastest round: on a shared machine
 a pass is only ever slowed by what else runs (the same tile's pass took 72 and 95 ms a minute apart), so
-the fastest round is the candidates' own cost, and a median of three let the noise pick the tile (two
-tiles within 1 % of each other were ranked 13 % apart). The result is cached in a small JSON file per device and
-network (``$UNET_CACHE_DIR``, else ``$XDG_CACHE_HOME/unet``, else ``~/.cache/unet``), so every block and
-every later run on the machine reuses it.
+the fastest round is the candidate's own cost, and a median of three let the noise pick the tile (two
+tiles within 1 % of each other were ranked 13 % apart). The result is cached in a small JSON file per
+device and network (``$UNET_CACHE_DIR``, else ``$XDG_CACHE_HOME/unet``, else ``~/.cache/unet``), so every
+block and every later run on the machine reuses it.
 
 How a plan's tile and block are then chosen from it: ``unet.infer.geometry``.
 
@@ -86,8 +86,8 @@ def measure(predictor: TilePredictor, tiles: Sequence[tuple[int, int]], batches:
     """Time every (tile, batch) pair: a warm-up pass each, smallest first, then ``rounds`` interleaved
     timings (alternating the order, so that a drift of the machine's load weighs on all alike), the
     fastest kept. Larger pairs are tried while the warm-ups so far, times ``rounds + 1``, fit
-    ``budget_s``; a pair that runs out of memory ends the sweep at its size. Returns the costs and, if not even the smallest pair ran,
-    why not."""
+    ``budget_s``; a pair that runs out of memory ends the sweep at its size. Returns the costs and, if
+    not even the smallest pair ran, why not."""
     pairs, failure = _warm_up(predictor, tiles, batches, budget_s / (rounds + 1))
     timings: dict[tuple[int, int, int], list[float]] = {p: [] for p in pairs}
     for r in range(rounds):
