@@ -99,6 +99,20 @@ def test_read_mirrored_equals_slicing_numpy_reflect_padding(window, channels, se
     assert c.stop - c.start <= cols[1] - cols[0]             # never larger than the window
 
 
+@settings(max_examples=200, deadline=None)
+@given(h=st.integers(8, 40), w=st.integers(8, 40), margin=st.integers(1, 7), data=st.data())
+def test_read_mirrored_near_the_border_equals_numpy_reflect_padding(h, w, margin, data):
+    """A block's window overhangs the image by its margin, less than the block: the padded path."""
+    def span(n):
+        start = data.draw(st.integers(-margin, n // 2))
+        return start, data.draw(st.integers(max(start + 1, margin + 1), n + margin))
+    rows, cols = span(h), span(w)
+    image = np.random.default_rng(h * w + margin).integers(0, 256, (2, h, w), dtype=np.uint8)
+    padded = np.pad(image, ((0, 0), (margin, margin), (margin, margin)), mode="reflect")
+    expected = padded[:, rows[0] + margin: rows[1] + margin, cols[0] + margin: cols[1] + margin]
+    assert np.array_equal(read_mirrored(RecordingReader(image), (h, w), rows, cols), expected)
+
+
 def test_read_mirrored_in_bounds_is_a_plain_slice():
     image = np.arange(3 * 11 * 13, dtype=np.float32).reshape(3, 11, 13)
     reader = RecordingReader(image)
