@@ -24,7 +24,7 @@ def _mode_brute_force(labels: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (1, 7), (7, 1), (8, 8), (13, 21), (40, 33)])
-@pytest.mark.parametrize("classes", [2, 3, 5, 256])
+@pytest.mark.parametrize("classes", [1, 2, 3, 5, 16, 17, 256])  # each path: ones, table, sorting
 def test_mode2x2_equals_counting(shape, classes):
     labels = np.random.default_rng(classes * 100 + shape[0]).integers(0, classes, shape).astype(np.uint8)
     np.testing.assert_array_equal(mode2x2(labels), _mode_brute_force(labels))

