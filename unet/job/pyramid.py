@@ -27,8 +27,8 @@ def mode2x2(labels: np.ndarray) -> np.ndarray:
     the larger label (so small foreground objects survive). Odd edges repeat their last row/column.
 
     Two labels: the count of ones decides (1 when two or more). Up to 16: one look-up of the quad's four
-    4-bit labels in a table of every quad's mode. Either is 2-4x faster than the sorting network that
-    builds the table and serves images of more labels (31, 16, 7 ms for a 4096-px block of two labels).
+    4-bit labels in a table of every quad's mode. More: a sorting network, which also builds the table.
+    On a 4096-px block of two labels: count 7 ms, table 16 ms, sorting network 31 ms.
     """
     h, w = labels.shape
     if h % 2 or w % 2:
@@ -40,7 +40,7 @@ def mode2x2(labels: np.ndarray) -> np.ndarray:
         ones += c
         ones += d
         return (ones >= 2).view(np.uint8)                                        # (h', w')
-    if 0 <= top < 16 and labels.dtype.kind in "iu" and labels.min(initial=0) >= 0:
+    if top < 16 and (labels.dtype.kind == "u" or (labels.dtype.kind == "i" and labels.min(initial=0) >= 0)):
         key = a.astype(np.uint16)
         key |= b.astype(np.uint16) << 4
         key |= c.astype(np.uint16) << 8
